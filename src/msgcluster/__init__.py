@@ -1,0 +1,1 @@
+"""msgcluster: trackable, composable SQS work on aiobotocore."""
