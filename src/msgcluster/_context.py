@@ -1,0 +1,103 @@
+"""Shared state of one Client: settings, long-lived AWS clients, limits, caches.
+
+Operation modules take a :class:`Context` rather than the Client so the
+public class stays a thin, documented surface.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from ._errors import AwsValidationError, ValidationError, aws_errors
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sqs import SQSClient
+
+    from ._settings import Settings
+
+__all__ = ["Context", "QueueInfo", "iso_now"]
+
+
+def iso_now() -> str:
+    """Fixed-width UTC timestamp with milliseconds (sorts as text)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class QueueInfo(msgspec.Struct, frozen=True):
+    """What msgcluster needs to know about a queue (read once per Client)."""
+
+    url: str
+    arn: str
+    fifo: bool
+    content_based_dedup: bool
+    max_receive_count: int | None
+    visibility_timeout: int
+    max_message_size: int
+
+
+class Context:
+    def __init__(
+        self,
+        settings: Settings,
+        sqs: SQSClient,
+        ddb: DynamoDBClient,
+        s3: S3Client,
+    ) -> None:
+        self.settings = settings
+        self.sqs = sqs
+        self.ddb = ddb
+        self.s3 = s3
+        self.table = settings.table
+        self.limiter = anyio.CapacityLimiter(settings.concurrency)
+        self._queues: dict[str, QueueInfo] = {}
+
+    def expires_at(self) -> int:
+        return int(time.time()) + self.settings.retention_days * 86_400
+
+    async def queue_info(self, url: str) -> QueueInfo:
+        """Attributes of the queue at ``url``, cached for the Client's lifetime."""
+        check_queue_url(url)
+        info = self._queues.get(url)
+        if info is not None:
+            return info
+        with aws_errors(resource=url):
+            response = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        attrs = response.get("Attributes", {})
+        redrive = attrs.get("RedrivePolicy")
+        max_receives: int | None = None
+        if redrive:
+            try:
+                max_receives = int(json.loads(redrive)["maxReceiveCount"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AwsValidationError(f"queue {url} has an unreadable RedrivePolicy") from exc
+        info = QueueInfo(
+            url=url,
+            arn=attrs.get("QueueArn", ""),
+            fifo=attrs.get("FifoQueue", "false") == "true",
+            content_based_dedup=attrs.get("ContentBasedDeduplication", "false") == "true",
+            max_receive_count=max_receives,
+            visibility_timeout=int(attrs.get("VisibilityTimeout", "30")),
+            max_message_size=int(attrs.get("MaximumMessageSize", "262144")),
+        )
+        self._queues[url] = info
+        return info
+
+    def forget_queue(self, url: str) -> None:
+        self._queues.pop(url, None)
+
+
+def check_queue_url(url: Any) -> str:
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise ValidationError(
+            f"queue_url must be an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/"
+            f"<name>), got {url!r:.200}"
+        )
+    return url

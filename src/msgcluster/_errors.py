@@ -1,0 +1,342 @@
+"""The one exception tree of msgcluster, and the one place AWS errors are mapped.
+
+::
+
+    MsgclusterError
+    ├── ConfigurationError          missing table/bucket, bad settings, missing extra
+    ├── ValidationError             bad input from the caller (raised before any write)
+    │   ├── InvalidKeyError             a RecordKey of the wrong shape
+    │   ├── MetaTooLargeError           meta over the configured limit
+    │   └── MessageTooLargeError        one entry cannot fit in a request
+    ├── RecordError                 an SQS record / Lambda event that cannot be read
+    │   ├── MalformedEventError         not a Lambda SQS event / not an SQS message
+    │   ├── EnvelopeError               body is not a msgcluster envelope (or unknown type)
+    │   ├── BodyDecodeError             body does not match ``body_type``
+    │   └── PayloadNotLoadedError       body lives in S3: use ``await load_sqs_record``
+    ├── RecordNotFoundError         no DynamoDB record for a key
+    ├── BatchSendError              some entries of a batch send failed (carries the result)
+    └── AwsError                    an AWS call failed (``code``, ``operation``)
+        ├── ResourceNotFoundError
+        │   ├── QueueNotFoundError
+        │   ├── TableNotFoundError
+        │   ├── BucketNotFoundError
+        │   └── ObjectNotFoundError
+        ├── ThrottledError
+        ├── AccessDeniedError
+        ├── AwsValidationError      AWS rejected the request's parameters
+        ├── ConditionFailedError    a conditional write lost (carries the current item)
+        ├── TransactionCanceledError (carries the cancellation reasons)
+        └── AwsConnectionError      no response: the request may or may not have applied
+
+Third-party exceptions are translated here and only here (:func:`translate`),
+always chained (``raise ... from exc``) so the botocore detail stays visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from ._results import BatchSendResult
+
+__all__ = [
+    "AccessDeniedError",
+    "AwsConnectionError",
+    "AwsError",
+    "AwsValidationError",
+    "BatchSendError",
+    "BodyDecodeError",
+    "BucketNotFoundError",
+    "ConditionFailedError",
+    "ConfigurationError",
+    "EnvelopeError",
+    "InvalidKeyError",
+    "MalformedEventError",
+    "MessageTooLargeError",
+    "MetaTooLargeError",
+    "MsgclusterError",
+    "ObjectNotFoundError",
+    "PayloadNotLoadedError",
+    "QueueNotFoundError",
+    "RecordError",
+    "RecordNotFoundError",
+    "ResourceNotFoundError",
+    "TableNotFoundError",
+    "ThrottledError",
+    "TransactionCanceledError",
+    "ValidationError",
+    "aws_errors",
+    "translate",
+]
+
+
+class MsgclusterError(Exception):
+    """Base of every error msgcluster raises."""
+
+
+class ConfigurationError(MsgclusterError):
+    """Settings are missing or inconsistent (table, bucket, region, extras)."""
+
+
+class ValidationError(MsgclusterError, ValueError):
+    """The caller passed something msgcluster cannot accept; nothing was written."""
+
+
+class InvalidKeyError(ValidationError):
+    """A record key does not have the ``SQSMessage$...`` shape."""
+
+
+class MetaTooLargeError(ValidationError):
+    """``meta`` encodes to more bytes than the configured limit."""
+
+
+class MessageTooLargeError(ValidationError):
+    """A message (or its attributes) cannot fit in a request, even offloaded."""
+
+
+class RecordError(MsgclusterError, ValueError):
+    """An SQS record or Lambda event could not be read.
+
+    ``message_id`` names the SQS message when it is known.
+    """
+
+    def __init__(self, message: str, *, message_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class MalformedEventError(RecordError):
+    """Not a Lambda SQS event, or a record/message missing required fields."""
+
+
+class EnvelopeError(RecordError):
+    """The body is not a msgcluster envelope (not JSON, no/unknown ``type``)."""
+
+
+class BodyDecodeError(RecordError):
+    """The body does not match the requested ``body_type``."""
+
+
+class PayloadNotLoadedError(RecordError):
+    """The body was offloaded to S3; load it with ``await client.load_sqs_record``."""
+
+
+class RecordNotFoundError(MsgclusterError, LookupError):
+    """No DynamoDB record exists for the key (completed and cleaned up, or expired)."""
+
+
+class BatchSendError(MsgclusterError):
+    """Some entries of a batch send failed after retries.
+
+    ``result`` holds every entry: the keys and message ids of those sent and
+    the failure of each one that was not, so nothing is dropped silently.
+    """
+
+    def __init__(self, message: str, result: BatchSendResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class AwsError(MsgclusterError):
+    """An AWS request failed.
+
+    ``code`` is the AWS error code, ``operation`` the API name.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        operation: str = "",
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.operation = operation
+        self.status = status
+
+
+class ResourceNotFoundError(AwsError, LookupError):
+    """The queue, table, bucket or object does not exist."""
+
+
+class QueueNotFoundError(ResourceNotFoundError):
+    """The SQS queue does not exist (check the URL, or run ``provision``)."""
+
+
+class TableNotFoundError(ResourceNotFoundError):
+    """The DynamoDB table does not exist (run ``provision``)."""
+
+
+class BucketNotFoundError(ResourceNotFoundError):
+    """The S3 bucket does not exist (run ``provision``)."""
+
+
+class ObjectNotFoundError(ResourceNotFoundError):
+    """The S3 object does not exist (expired, or never written)."""
+
+
+class ThrottledError(AwsError):
+    """AWS kept throttling after botocore's retries."""
+
+
+class AccessDeniedError(AwsError, PermissionError):
+    """Credentials are missing, invalid, or lack a permission."""
+
+
+class AwsValidationError(AwsError, ValueError):
+    """AWS rejected the request's parameters."""
+
+
+class ConditionFailedError(AwsError):
+    """A conditional write found the item in another state.
+
+    ``item`` is the current item (decoded attribute map) when AWS returned it.
+    """
+
+    def __init__(self, message: str, *, item: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.item = item
+
+
+class TransactionCanceledError(AwsError):
+    """A transaction was cancelled; ``reasons`` has one entry per item."""
+
+    def __init__(self, message: str, *, reasons: list[dict[str, Any]], **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reasons = reasons
+
+
+class AwsConnectionError(AwsError, ConnectionError):
+    """No usable response: the request may or may not have been applied."""
+
+
+_NOT_FOUND: dict[str, type[ResourceNotFoundError]] = {
+    "AWS.SimpleQueueService.NonExistentQueue": QueueNotFoundError,
+    "QueueDoesNotExist": QueueNotFoundError,
+    "NoSuchBucket": BucketNotFoundError,
+    "NoSuchKey": ObjectNotFoundError,
+}
+_THROTTLED = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "TooManyRequestsException",
+        "KMSThrottlingException",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "MissingAuthenticationToken",
+    }
+)
+_INVALID = frozenset(
+    {
+        "ValidationException",
+        "ValidationError",
+        "InvalidParameterValue",
+        "InvalidParameterCombination",
+        "InvalidAttributeValue",
+        "InvalidAttributeName",
+        "InvalidMessageContents",
+        "MissingParameter",
+        "InvalidBatchEntryId",
+        "BatchEntryIdsNotDistinct",
+        "BatchRequestTooLong",
+        "TooManyEntriesInBatchRequest",
+        "EmptyBatchRequest",
+        "InvalidBucketName",
+        "EntityTooLarge",
+        "ItemCollectionSizeLimitExceededException",
+        "MessageTooLong",
+    }
+)
+
+
+def translate(exc: BaseException, *, resource: str = "") -> MsgclusterError:
+    """Map a botocore exception to the msgcluster error a user can act on."""
+    if isinstance(exc, MsgclusterError):
+        return exc
+    if isinstance(exc, ClientError):
+        return _translate_client_error(exc, resource)
+    if isinstance(exc, BotoCoreError):
+        name = type(exc).__name__
+        if name in {"NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError"}:
+            return AccessDeniedError(f"AWS credentials are missing: {exc}", code=name)
+        return AwsConnectionError(f"{name}: {exc}", code=name)
+    if isinstance(exc, OSError | TimeoutError):
+        return AwsConnectionError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
+    return MsgclusterError(f"{type(exc).__name__}: {exc}")
+
+
+def _translate_client_error(exc: ClientError, resource: str) -> AwsError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "") or "")
+    text = str(error.get("Message", "") or "")
+    operation = exc.operation_name
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    where = f" ({resource})" if resource else ""
+    kw: dict[str, Any] = {"code": code, "operation": operation, "status": status}
+    message = f"{operation} failed{where}: {code}: {text}".rstrip(": ")
+
+    if code in _NOT_FOUND:
+        return _NOT_FOUND[code](message, **kw)
+    if code == "ResourceNotFoundException":
+        return TableNotFoundError(message, **kw)
+    if code in {"404", "NotFound"}:
+        if operation in {"HeadBucket"}:
+            return BucketNotFoundError(message, **kw)
+        return ObjectNotFoundError(message, **kw)
+    if code == "ConditionalCheckFailedException":
+        item = exc.response.get("Item")
+        return ConditionFailedError(message, item=item, **kw)
+    if code == "TransactionCanceledException":
+        reasons = list(exc.response.get("CancellationReasons", []) or [])
+        return TransactionCanceledError(message, reasons=reasons, **kw)
+    if code in _THROTTLED:
+        return ThrottledError(message, **kw)
+    if code in _DENIED:
+        return AccessDeniedError(message, **kw)
+    if code in _INVALID:
+        return AwsValidationError(message, **kw)
+    if isinstance(status, int) and status >= 500:
+        return AwsConnectionError(message, **kw)
+    return AwsError(message, **kw)
+
+
+@contextmanager
+def aws_errors(resource: str = "") -> Iterator[None]:
+    """Translate botocore errors raised inside the block (chained)."""
+    try:
+        yield
+    except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+        if isinstance(exc, MsgclusterError):
+            raise
+        raise translate(exc, resource=resource) from exc
+
+
+def is_definitely_not_applied(exc: BaseException) -> bool:
+    """True when AWS answered with a client error, so the request did not apply.
+
+    Connection errors and 5xx are ambiguous: the request may have applied.
+    """
+    return isinstance(exc, AwsError) and not isinstance(exc, AwsConnectionError | ThrottledError)

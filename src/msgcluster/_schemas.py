@@ -1,0 +1,236 @@
+"""Records, keys and wire envelopes (msgspec Structs).
+
+Schema evolution rules: new fields get defaults; a field's type never
+changes; field names on the wire and in DynamoDB are camelCase so records read
+the same in the DynamoDB console as the documented system's.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Any, Final
+
+import msgspec
+
+from ._errors import InvalidKeyError
+
+__all__ = [
+    "KEY_PREFIX",
+    "Envelope",
+    "ErrorEntry",
+    "MessageClusterRecord",
+    "MessageEnvelope",
+    "MessageRecord",
+    "OutgoingMessage",
+    "RecordKey",
+    "RecordType",
+    "S3Pointer",
+    "Status",
+    "StatusCode",
+    "Task",
+    "TaskEnvelope",
+    "new_message_key",
+]
+
+KEY_PREFIX: Final = "SQSMessage$"
+MESSAGE_SORT_KEY: Final = f"{KEY_PREFIX}message"
+# DynamoDB limits: partition key <= 2048 bytes, sort key <= 1024 bytes.
+_MAX_KEY_BYTES: Final = 1024
+
+
+class Status(enum.StrEnum):
+    """Lifecycle status, spelled as in the documented system."""
+
+    PRE_FLIGHT = "PRE FLIGHT"
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETE = "COMPLETE"
+    ERROR = "ERROR"
+
+
+class StatusCode(enum.IntEnum):
+    """Numeric status; ``STOPPED`` marks a cancelled cluster."""
+
+    PRE_FLIGHT = 0
+    IN_PROGRESS = 100
+    COMPLETE = 200
+    ERROR = 400
+    STOPPED = 500
+
+
+class RecordType(enum.StrEnum):
+    CLUSTER = "cluster"
+    TASK = "task"
+    MESSAGE = "message"
+
+
+STATUS_CODES: Final = {
+    Status.PRE_FLIGHT: StatusCode.PRE_FLIGHT,
+    Status.IN_PROGRESS: StatusCode.IN_PROGRESS,
+    Status.COMPLETE: StatusCode.COMPLETE,
+    Status.ERROR: StatusCode.ERROR,
+}
+
+
+class RecordKey(msgspec.Struct, frozen=True):
+    """Primary key of a record: partition key ``pk`` and range key ``rk``."""
+
+    pk: str
+    rk: str
+
+    def __post_init__(self) -> None:
+        for name in ("pk", "rk"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.startswith(KEY_PREFIX):
+                raise InvalidKeyError(
+                    f"RecordKey.{name} must be a string starting with {KEY_PREFIX!r}, got {value!r}"
+                )
+            if len(value.encode()) > _MAX_KEY_BYTES:
+                raise InvalidKeyError(f"RecordKey.{name} is longer than {_MAX_KEY_BYTES} bytes")
+
+    @classmethod
+    def of(cls, value: object) -> RecordKey:
+        """Accept a RecordKey, ``{"pk", "rk"}`` / ``{"pKey", "rKey"}`` mapping, or pair."""
+        if isinstance(value, RecordKey):
+            return value
+        if isinstance(value, dict):
+            pk = value.get("pk", value.get("pKey"))
+            rk = value.get("rk", value.get("rKey"))
+            if pk is not None and rk is not None:
+                return cls(pk, rk)
+        if isinstance(value, tuple | list) and len(value) == 2:
+            return cls(value[0], value[1])
+        raise InvalidKeyError(
+            "a record key must be a RecordKey, a mapping with 'pk' and 'rk', or a (pk, rk) "
+            f"pair; got {type(value).__name__}: {value!r:.200}"
+        )
+
+
+def new_message_key() -> tuple[str, RecordKey]:
+    """A fresh id and the key of the simple-message record it names."""
+    ident = str(uuid.uuid4())
+    return ident, RecordKey(f"{KEY_PREFIX}{ident}", MESSAGE_SORT_KEY)
+
+
+class ErrorEntry(msgspec.Struct, rename="camel", omit_defaults=True):
+    """One recorded processing failure (messages are truncated to 1 KiB)."""
+
+    at: str
+    message: str
+    type: str = ""
+    receive_count: int = 0
+
+
+class MessageRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """The DynamoDB record that tracks one message (or one cluster task)."""
+
+    pk: str
+    rk: str
+    id: str
+    url: str
+    type: RecordType = RecordType.MESSAGE
+    status: Status = Status.PRE_FLIGHT
+    status_code: StatusCode = StatusCode.PRE_FLIGHT
+    meta: Any = None
+    # The body is kept on the record only while it is small: a DynamoDB write
+    # costs 1 WCU per KB of the whole item, so large bodies are not copied.
+    body: str | None = None
+    body_size: int = 0
+    started_at: str
+    updated_at: str
+    completed_at: str | None = None
+    expires_at: int
+    consumption_count: int = 0
+    error: list[ErrorEntry] = []
+
+    @property
+    def key(self) -> RecordKey:
+        return RecordKey(self.pk, self.rk)
+
+
+class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """One task of a message cluster, as documented (``type`` is always ``task``)."""
+
+    meta: Any = None
+    type: str = "task"
+    id: str | None = None
+    status: Status | None = None
+
+
+class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """The record of a message cluster (progress counters, no task arrays)."""
+
+    pk: str
+    rk: str
+    url: str
+    type: RecordType = RecordType.CLUSTER
+    status: Status = Status.PRE_FLIGHT
+    status_code: StatusCode = StatusCode.PRE_FLIGHT
+    meta: Any = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    globals_bucket: str | None = None
+    globals_key: str | None = None
+    started_at: str
+    updated_at: str
+    completed_at: str | None = None
+    expires_at: int
+    error: list[ErrorEntry] = []
+
+    @property
+    def key(self) -> RecordKey:
+        return RecordKey(self.pk, self.rk)
+
+    @property
+    def in_progress(self) -> int:
+        return max(self.total - self.completed - self.failed, 0)
+
+
+class S3Pointer(msgspec.Struct, rename="camel", omit_defaults=True):
+    """Where an offloaded body (or a cluster's globals) lives in S3."""
+
+    bucket: str
+    key: str
+    size: int = 0
+
+
+class MessageEnvelope(
+    msgspec.Struct, tag="message", tag_field="type", rename="camel", omit_defaults=True
+):
+    """Wire body of a tracked message. ``body`` is kept raw until a type is known."""
+
+    pk: str
+    rk: str
+    url: str = ""
+    body: msgspec.Raw | None = None
+    body_s3: S3Pointer | None = None
+
+
+class TaskEnvelope(
+    msgspec.Struct, tag="task", tag_field="type", rename="camel", omit_defaults=True
+):
+    """Wire body of a cluster task: the cluster key, the task, where globals live."""
+
+    pk: str
+    rk: str
+    url: str = ""
+    task_id: str = ""
+    task: msgspec.Raw | None = None
+    task_s3: S3Pointer | None = None
+    globals_s3: S3Pointer | None = None
+
+
+Envelope = MessageEnvelope | TaskEnvelope
+ENVELOPE_TYPES: Final = ("message", "task")
+
+
+class OutgoingMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A body plus per-message SQS options, for ``send_message_batch``."""
+
+    body: Any
+    delay_seconds: int = 0
+    attributes: dict[str, Any] | None = None
+    group_id: str | None = None
+    dedup_id: str | None = None
+    meta: Any = None
