@@ -7,7 +7,6 @@ so this module does, with jittered backoff, and reports what is left.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,8 @@ from ._batching import Backoff, chunked, gather_limited
 from ._errors import AwsError, MsgclusterError, ThrottledError, aws_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._context import Context
 
 __all__ = ["WriteFailure", "batch_get", "batch_write", "key_attrs"]
@@ -120,10 +121,10 @@ async def _get_chunk(
         if names:
             request["ExpressionAttributeNames"] = names
         with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.batch_get_item(RequestItems={ctx.table: request})
-        items.extend(response.get("Responses", {}).get(ctx.table, []))  # type: ignore[arg-type]
+            response = await ctx.ddb.batch_get_item(RequestItems={ctx.table: request})  # type: ignore[dict-item]
+        items.extend(response.get("Responses", {}).get(ctx.table, []))
         unprocessed = response.get("UnprocessedKeys", {}).get(ctx.table)
-        pending = list(unprocessed["Keys"]) if unprocessed else []  # type: ignore[arg-type]
+        pending = list(unprocessed["Keys"]) if unprocessed else []
         if not pending:
             return items
         await backoff.sleep(attempt)

@@ -34,13 +34,14 @@ always chained (``raise ... from exc``) so the botocore detail stays visible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ._results import BatchSendResult
 
 __all__ = [
@@ -307,10 +308,10 @@ def _translate_client_error(exc: ClientError, resource: str) -> AwsError:
             return BucketNotFoundError(message, **kw)
         return ObjectNotFoundError(message, **kw)
     if code == "ConditionalCheckFailedException":
-        item = exc.response.get("Item")
+        item: Any = exc.response.get("Item")
         return ConditionFailedError(message, item=item, **kw)
     if code == "TransactionCanceledException":
-        reasons = list(exc.response.get("CancellationReasons", []) or [])
+        reasons: list[Any] = list(exc.response.get("CancellationReasons", []) or [])
         return TransactionCanceledError(message, reasons=reasons, **kw)
     if code in _THROTTLED:
         return ThrottledError(message, **kw)

@@ -31,8 +31,8 @@ EXTENDED_SIZE_ATTRIBUTES: Final = ("ExtendedPayloadSize", "SQSLargePayloadSize")
 
 
 class _ExtendedPointer(msgspec.Struct):
-    s3BucketName: str  # noqa: N815 - the Extended Client's wire name
-    s3Key: str  # noqa: N815
+    s3BucketName: str
+    s3Key: str
 
 
 _pointer_decoder: Final = msgspec.json.Decoder(tuple[str, _ExtendedPointer])

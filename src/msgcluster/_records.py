@@ -23,6 +23,7 @@ from ._errors import (
 from ._payloads import EXTENDED_SIZE_ATTRIBUTES, parse_extended_pointer
 from ._schemas import (
     ENVELOPE_TYPES,
+    NO_BODY,
     Envelope,
     MessageEnvelope,
     MessageRecord,
@@ -39,7 +40,7 @@ __all__ = ["ParsedRecord", "SqsMessage", "decode_body", "normalize", "parse_enve
 
 B = TypeVar("B")
 
-_envelope_decoder: Final = msgspec.json.Decoder(Envelope)  # type: ignore[arg-type]
+_envelope_decoder: Final[msgspec.json.Decoder[Envelope]] = msgspec.json.Decoder(Envelope)
 
 
 class SqsMessage(msgspec.Struct, frozen=True):
@@ -279,7 +280,7 @@ def _from_envelope(
     if isinstance(envelope, MessageEnvelope):
         if envelope.body_s3 is not None:
             return ParsedRecord(ctx, message, envelope, pointer=envelope.body_s3)
-        raw = envelope.body if envelope.body is not None else msgspec.Raw(b"null")
+        raw = envelope.body if envelope.body != NO_BODY else msgspec.Raw(b"null")
         return ParsedRecord(ctx, message, envelope, decode_body(raw, body_type, message.id))
     raise EnvelopeError(
         f"message {message.id} is a cluster task; clusters are not supported yet",

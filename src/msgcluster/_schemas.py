@@ -187,6 +187,10 @@ class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_de
         return max(self.total - self.completed - self.failed, 0)
 
 
+# msgspec cannot decode ``Raw | None``; an empty Raw marks "absent" instead.
+NO_BODY: Final = msgspec.Raw(b"")
+
+
 class S3Pointer(msgspec.Struct, rename="camel", omit_defaults=True):
     """Where an offloaded body (or a cluster's globals) lives in S3."""
 
@@ -203,7 +207,8 @@ class MessageEnvelope(
     pk: str
     rk: str
     url: str = ""
-    body: msgspec.Raw | None = None
+    # Raw (not decoded until a body type is known); empty when offloaded.
+    body: msgspec.Raw = NO_BODY
     body_s3: S3Pointer | None = None
 
 
@@ -216,7 +221,7 @@ class TaskEnvelope(
     rk: str
     url: str = ""
     task_id: str = ""
-    task: msgspec.Raw | None = None
+    task: msgspec.Raw = NO_BODY
     task_s3: S3Pointer | None = None
     globals_s3: S3Pointer | None = None
 

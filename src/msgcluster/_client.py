@@ -1,0 +1,305 @@
+"""The public :class:`Client`: one aiobotocore session, long-lived AWS clients."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+
+from . import _lambda, _messages, _provision, _records
+from ._context import Context
+from ._errors import ConfigurationError
+from ._settings import RetryMode, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Iterable
+    from types import TracebackType
+
+    from ._lambda import ProcessRecord
+    from ._records import ParsedRecord
+    from ._results import BatchSendResult
+    from ._schemas import MessageRecord, RecordKey, Status
+
+__all__ = ["Client"]
+
+B = TypeVar("B")
+
+
+class Client:
+    """Entry point: ``async with Client(table=..., bucket=...) as mc: ...``.
+
+    Settings come from the arguments, then the environment
+    (``MSGCLUSTER_TABLE``, ``MSGCLUSTER_BUCKET``, ``AWS_ENDPOINT_URL``,
+    ``AWS_REGION``), then the defaults listed in :class:`Settings`. The
+    connection pool of each AWS client is sized to ``concurrency``, which is
+    also the limit on concurrent AWS requests issued by batch operations.
+    """
+
+    def __init__(
+        self,
+        table: str | None = None,
+        bucket: str | None = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        *,
+        concurrency: int | None = None,
+        retry_mode: RetryMode | None = None,
+        max_attempts: int | None = None,
+        retention_days: int | None = None,
+        max_message_bytes: int | None = None,
+        max_meta_bytes: int | None = None,
+        max_receive_count: int | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        profile: str | None = None,
+        session: AioSession | None = None,
+    ) -> None:
+        self.settings = Settings.resolve(
+            table=table,
+            bucket=bucket,
+            endpoint_url=endpoint_url,
+            region=region,
+            concurrency=concurrency,
+            retry_mode=retry_mode,
+            max_attempts=max_attempts,
+            retention_days=retention_days,
+            max_message_bytes=max_message_bytes,
+            max_meta_bytes=max_meta_bytes,
+            max_receive_count=max_receive_count,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            profile=profile,
+        )
+        self._session = session
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._ctx: Context | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise ConfigurationError("this Client is already open")
+        settings = self.settings
+        session = self._session or AioSession(profile=settings.profile)
+        config = AioConfig(
+            max_pool_connections=settings.concurrency,
+            retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
+            connect_timeout=10,
+            read_timeout=60,
+            # Path-style S3 works with any endpoint (moto, MinIO, LocalStack).
+            s3={"addressing_style": "path"} if settings.endpoint_url else None,
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if settings.region:
+            kwargs["region_name"] = settings.region
+        if settings.endpoint_url:
+            kwargs["endpoint_url"] = settings.endpoint_url
+        if settings.aws_access_key_id:
+            kwargs["aws_access_key_id"] = settings.aws_access_key_id
+            kwargs["aws_secret_access_key"] = settings.aws_secret_access_key
+            kwargs["aws_session_token"] = settings.aws_session_token
+        if "region_name" not in kwargs and not session.get_config_variable("region"):
+            kwargs["region_name"] = "us-east-1"
+        stack = contextlib.AsyncExitStack()
+        try:
+            sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
+            ddb = await stack.enter_async_context(session.create_client("dynamodb", **kwargs))
+            s3 = await stack.enter_async_context(session.create_client("s3", **kwargs))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._ctx = Context(settings, sqs, ddb, s3)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        stack, self._stack, self._ctx = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def ctx(self) -> Context:
+        if self._ctx is None:
+            raise ConfigurationError("the Client is not open: use `async with Client(...) as mc`")
+        return self._ctx
+
+    @property
+    def sqs(self) -> Any:
+        """The long-lived aiobotocore SQS client (for calls msgcluster does not wrap)."""
+        return self.ctx.sqs
+
+    @property
+    def dynamodb(self) -> Any:
+        return self.ctx.ddb
+
+    @property
+    def s3(self) -> Any:
+        return self.ctx.s3
+
+    def __repr__(self) -> str:
+        state = "open" if self._ctx is not None else "closed"
+        return f"<msgcluster.Client table={self.settings.table!r} {state}>"
+
+    # ------------------------------------------------------------------ setup
+
+    async def provision(
+        self,
+        queues: Iterable[str] = (),
+        *,
+        max_receive_count: int | None = None,
+        visibility_timeout: int | None = None,
+    ) -> dict[str, str]:
+        """Create the table, bucket and queues (each with a DLQ), idempotently."""
+        return await _provision.provision(
+            self.ctx,
+            queues,
+            max_receive_count=max_receive_count,
+            visibility_timeout=visibility_timeout,
+        )
+
+    async def get_queue_url(self, name: str) -> str:
+        from ._errors import aws_errors
+
+        with aws_errors(resource=name):
+            return (await self.ctx.sqs.get_queue_url(QueueName=name))["QueueUrl"]
+
+    # ------------------------------------------------------------------ send
+
+    async def send_message(
+        self,
+        queue_url: str,
+        body: Any,
+        meta: Any = None,
+        *,
+        delay_seconds: int = 0,
+        attributes: dict[str, Any] | None = None,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
+    ) -> RecordKey:
+        """Write a PRE FLIGHT record, then send ``body``; returns the record key."""
+        return await _messages.send_message(
+            self.ctx,
+            queue_url,
+            body,
+            meta,
+            delay_seconds=delay_seconds,
+            attributes=attributes,
+            group_id=group_id,
+            dedup_id=dedup_id,
+        )
+
+    async def send_message_batch(
+        self,
+        queue_url: str,
+        bodies: Iterable[Any] | AsyncIterable[Any],
+        meta: Any = None,
+        *,
+        delay_seconds: int = 0,
+        attributes: dict[str, Any] | None = None,
+        group_id: str | None = None,
+        raise_on_failure: bool = True,
+    ) -> BatchSendResult:
+        """Send any number of bodies (or :class:`OutgoingMessage`), batched and concurrent.
+
+        Returns the keys in input order. Entries that fail are listed in
+        ``result.failures``; with ``raise_on_failure`` (the default) a
+        :class:`BatchSendError` carrying that result is raised after every
+        other entry was sent.
+        """
+        return await _messages.send_message_batch(
+            self.ctx,
+            queue_url,
+            bodies,
+            meta,
+            delay_seconds=delay_seconds,
+            attributes=attributes,
+            group_id=group_id,
+            raise_on_failure=raise_on_failure,
+        )
+
+    # ------------------------------------------------------------------ consume
+
+    @overload
+    def read_sqs_record(self, record: object) -> ParsedRecord[Any]: ...
+    @overload
+    def read_sqs_record(self, record: object, body_type: type[B]) -> ParsedRecord[B]: ...
+    def read_sqs_record(self, record: object, body_type: Any = Any) -> ParsedRecord[Any]:
+        """Parse a Lambda SQS record or ReceiveMessage message (no AWS call).
+
+        A body offloaded to S3 is not fetched: ``.body`` raises
+        :class:`PayloadNotLoadedError`; use :meth:`load_sqs_record`.
+        """
+        return _records.read(self.ctx, record, body_type)
+
+    @overload
+    async def load_sqs_record(self, record: object) -> ParsedRecord[Any]: ...
+    @overload
+    async def load_sqs_record(self, record: object, body_type: type[B]) -> ParsedRecord[B]: ...
+    async def load_sqs_record(self, record: object, body_type: Any = Any) -> ParsedRecord[Any]:
+        """Like :meth:`read_sqs_record`, fetching bodies stored in S3."""
+        return await _records.load(self.ctx, record, body_type)
+
+    async def is_complete(self, record: object) -> bool:
+        return await _messages.is_complete(self.ctx, record)
+
+    async def mark_complete(self, record: object) -> bool:
+        return await _messages.mark_complete(self.ctx, record)
+
+    async def mark_failed(self, record: object, error: BaseException | str) -> MessageRecord | None:
+        return await _messages.mark_failed(self.ctx, record, error)
+
+    async def safe_process_batch(
+        self,
+        event: object,
+        process_record: ProcessRecord,
+        *,
+        concurrency: int = 10,
+        fifo: bool | None = None,
+        body_type: Any = Any,
+    ) -> dict[str, list[dict[str, str]]]:
+        """Process a Lambda SQS event; returns ``{"batchItemFailures": [...]}``.
+
+        ``fifo=None`` detects FIFO from the event (queue ARN / group ids).
+        """
+        return await _lambda.safe_process_batch(
+            self.ctx,
+            event,
+            process_record,
+            concurrency=concurrency,
+            fifo=fifo,
+            body_type=body_type,
+        )
+
+    # ------------------------------------------------------------------ records
+
+    async def get_message_record(self, key: object, consistent_read: bool = False) -> MessageRecord:
+        return await _messages.get_message_record(self.ctx, key, consistent_read=consistent_read)
+
+    async def get_message_records(
+        self, keys: Iterable[object], consistent_read: bool = False
+    ) -> list[MessageRecord | None]:
+        return await _messages.get_message_records(self.ctx, keys, consistent_read=consistent_read)
+
+    async def update_message_record(
+        self,
+        key: object,
+        *,
+        meta: Any = _messages._UNSET,
+        status: Status | str | None = None,
+        expected_status: Status | str | None = None,
+    ) -> MessageRecord:
+        return await _messages.update_message_record(
+            self.ctx, key, meta=meta, status=status, expected_status=expected_status
+        )

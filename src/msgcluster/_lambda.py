@@ -1,0 +1,192 @@
+"""``safe_process_batch``: an SQS-triggered Lambda batch with partial failures.
+
+Per batch: validate the whole event first (a malformed event is a bug in the
+trigger, not a message to retry); one consistent BatchGetItem finds records
+already complete (duplicate deliveries are skipped); the rest run
+concurrently under a limit; successes are completed with BatchWriteItem;
+failures are recorded and returned as ``batchItemFailures`` so Lambda
+redelivers only those. FIFO batches run each message group in order and
+fail the rest of a group after its first failure, as SQS ordering requires.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._dynamo import batch_write, key_attrs
+from ._errors import MalformedEventError, MsgclusterError
+from ._messages import is_complete_many, mark_failed
+from ._records import ParsedRecord, SqsMessage, load, normalize, parse_envelope
+from ._schemas import RecordKey
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ["safe_process_batch"]
+
+log = logging.getLogger("msgcluster")
+
+ProcessRecord = Callable[[ParsedRecord[Any]], Awaitable[Any] | Any]
+
+
+class _GroupBlocked(Exception):
+    """Not attempted: an earlier message of its FIFO group failed."""
+
+
+class _Item:
+    __slots__ = ("error", "key", "message", "ok")
+
+    def __init__(self, message: SqsMessage, key: RecordKey | None) -> None:
+        self.message = message
+        self.key = key
+        self.ok = False
+        self.error: BaseException | None = None
+
+
+def _records_of(event: object) -> list[SqsMessage]:
+    if not isinstance(event, Mapping) or not isinstance(event.get("Records"), list):
+        raise MalformedEventError(
+            "expected a Lambda SQS event: a mapping with a 'Records' list; got "
+            f"{type(event).__name__}"
+            + (f" with keys {sorted(map(str, event))[:8]}" if isinstance(event, Mapping) else "")
+        )
+    messages = []
+    for index, record in enumerate(event["Records"]):
+        try:
+            message = normalize(record)
+        except MalformedEventError as exc:
+            raise MalformedEventError(
+                f"Records[{index}]: {exc}", message_id=exc.message_id
+            ) from exc
+        source = record.get("eventSource") if isinstance(record, Mapping) else None
+        if source is not None and source != "aws:sqs":
+            raise MalformedEventError(
+                f"Records[{index}] comes from {source!r}, not 'aws:sqs'", message_id=message.id
+            )
+        messages.append(message)
+    return messages
+
+
+def _is_fifo(messages: list[SqsMessage]) -> bool:
+    return any(m.source_arn.endswith(".fifo") or m.group_id for m in messages)
+
+
+async def safe_process_batch(
+    ctx: Context,
+    event: object,
+    process_record: ProcessRecord,
+    *,
+    concurrency: int = 10,
+    fifo: bool | None = None,
+    body_type: Any = Any,
+) -> dict[str, list[dict[str, str]]]:
+    messages = _records_of(event)
+    fifo = _is_fifo(messages) if fifo is None else fifo
+    items: list[_Item] = []
+    for message in messages:
+        try:
+            envelope = parse_envelope(message)
+            item = _Item(message, RecordKey(envelope.pk, envelope.rk))
+        except MsgclusterError as exc:
+            # Not ours / poison: fail it so redrive moves it to the DLQ.
+            log.warning("message %s cannot be processed: %s", message.id, exc)
+            item = _Item(message, None)
+            item.error = exc
+        items.append(item)
+
+    keys = [item.key for item in items if item.key is not None and item.error is None]
+    done = await is_complete_many(ctx, keys) if keys else set()
+    for item in items:
+        if item.key in done:
+            item.ok = True
+
+    async def run(item: _Item) -> None:
+        try:
+            parsed = await load(ctx, item.message, body_type)
+            result = process_record(parsed)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            item.error = exc
+            log.warning("message %s failed: %s", item.message.id, exc, exc_info=exc)
+            return
+        item.ok = True
+
+    async def run_group(group: list[_Item]) -> None:
+        failed = False
+        for item in group:
+            if failed:
+                item.error = item.error or _GroupBlocked()
+                continue
+            if not item.ok and item.error is None:
+                await run(item)
+            failed = item.error is not None
+
+    todo = [item for item in items if not item.ok and item.error is None]
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def limited(func: Callable[..., Awaitable[None]], arg: Any) -> None:
+        async with limiter:
+            await func(arg)
+
+    async with anyio.create_task_group() as tg:
+        if fifo:
+            groups: dict[str, list[_Item]] = {}
+            for item in items:
+                groups.setdefault(item.message.group_id or "", []).append(item)
+            for group in groups.values():
+                tg.start_soon(limited, run_group, group)
+        else:
+            for item in todo:
+                tg.start_soon(limited, run, item)
+
+    await _complete(ctx, [item for item in items if item.ok and item.key not in done])
+    failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
+    await _record_failures(ctx, limiter, failed)
+    return {
+        "batchItemFailures": [{"itemIdentifier": item.message.id} for item in items if not item.ok]
+    }
+
+
+async def _complete(ctx: Context, items: list[_Item]) -> None:
+    """Delete the records of processed messages; a delete that fails fails its message."""
+    requests = [
+        {"DeleteRequest": {"Key": key_attrs(item.key.pk, item.key.rk)}}
+        for item in items
+        if item.key is not None
+    ]
+    if not requests:
+        return
+    try:
+        failures = await batch_write(ctx, requests)
+    except MsgclusterError as exc:
+        failures_pk = {item.key.pk for item in items if item.key is not None}
+        log.warning("could not complete %d record(s): %s", len(failures_pk), exc)
+    else:
+        failures_pk = {f.request["DeleteRequest"]["Key"]["pk"]["S"] for f in failures}
+    for item in items:
+        if item.key is not None and item.key.pk in failures_pk:
+            # Report it so it is redelivered: better processed twice than a
+            # record that says "not done" for work that was done.
+            item.ok = False
+            item.error = RuntimeError("record could not be marked complete")
+
+
+async def _record_failures(
+    ctx: Context, limiter: anyio.CapacityLimiter, items: list[_Item]
+) -> None:
+    async def record(item: _Item) -> None:
+        async with limiter:
+            try:
+                await mark_failed(ctx, item.message, item.error or RuntimeError("failed"))
+            except MsgclusterError as exc:
+                log.warning("could not record failure of %s: %s", item.message.id, exc)
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(record, item)

@@ -1,0 +1,589 @@
+"""Tracked messages: send with a record first, read, complete, record failures.
+
+Order of effects for a send: (offloaded body to S3) -> record PutItem (PRE
+FLIGHT) -> SendMessage. A consumer can therefore always find the record; a
+send that AWS definitely refused removes its record again, while a send whose
+fate is unknown (no response) keeps it, because the message may arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from . import _payloads
+from ._batching import Backoff, gather_limited, iter_chunks, pack_by_size
+from ._context import iso_now
+from ._dynamo import batch_get, batch_write, key_attrs
+from ._errors import (
+    AwsError,
+    ConditionFailedError,
+    EnvelopeError,
+    MsgclusterError,
+    RecordNotFoundError,
+    ValidationError,
+    aws_errors,
+    is_definitely_not_applied,
+)
+from ._itemcodec import decode_item, from_attr, to_attr
+from ._outgoing import Prepared, needs_offload, prepare
+from ._records import ParsedRecord, SqsMessage, normalize, parse_envelope
+from ._results import BatchSendResult, EntryFailure
+from ._schemas import (
+    STATUS_CODES,
+    ErrorEntry,
+    MessageRecord,
+    OutgoingMessage,
+    RecordKey,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Iterable, Sequence
+
+    from ._context import Context, QueueInfo
+
+__all__ = [
+    "get_message_record",
+    "get_message_records",
+    "is_complete",
+    "mark_complete",
+    "mark_failed",
+    "send_message",
+    "send_message_batch",
+    "update_message_record",
+]
+
+log = logging.getLogger("msgcluster")
+
+SEND_BATCH_MAX: Final = 10
+# Bodies are streamed in windows: records for a window are written, then its
+# messages sent, so memory stays bounded for any number of bodies.
+WINDOW: Final = 500
+MAX_ERROR_TEXT: Final = 1_024
+_UNSET: Final = object()
+
+
+# --------------------------------------------------------------------------- send
+
+
+async def send_message(
+    ctx: Context,
+    queue_url: str,
+    body: Any,
+    meta: Any = None,
+    *,
+    delay_seconds: int = 0,
+    attributes: dict[str, Any] | None = None,
+    group_id: str | None = None,
+    dedup_id: str | None = None,
+) -> RecordKey:
+    info = await ctx.queue_info(queue_url)
+    outgoing = OutgoingMessage(
+        body=body,
+        meta=meta,
+        delay_seconds=delay_seconds,
+        attributes=attributes,
+        group_id=group_id,
+        dedup_id=dedup_id,
+    )
+    entry = prepare(ctx, info, 0, outgoing, iso_now())
+    if needs_offload(ctx, entry):
+        entry.offload_to(await _payloads.store(ctx, entry.ident, entry.body))
+    with aws_errors(resource=ctx.table):
+        await ctx.ddb.put_item(
+            TableName=ctx.table,
+            Item=entry.item,
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+    try:
+        with aws_errors(resource=queue_url):
+            await ctx.sqs.send_message(QueueUrl=queue_url, **entry.sqs_fields())
+    except MsgclusterError as exc:
+        if is_definitely_not_applied(exc):
+            await _discard(ctx, [entry])
+        raise
+    return entry.key
+
+
+async def send_message_batch(
+    ctx: Context,
+    queue_url: str,
+    bodies: Iterable[Any] | AsyncIterable[Any],
+    meta: Any = None,
+    *,
+    delay_seconds: int = 0,
+    attributes: dict[str, Any] | None = None,
+    group_id: str | None = None,
+    raise_on_failure: bool = True,
+) -> BatchSendResult:
+    info = await ctx.queue_info(queue_url)
+    if isinstance(bodies, str | bytes):
+        raise ValidationError("bodies must be an iterable of bodies, not a single str/bytes")
+    keys: list[RecordKey | None] = []
+    message_ids: list[str | None] = []
+    failures: list[EntryFailure] = []
+    defaults = {
+        "meta": meta,
+        "delay_seconds": delay_seconds,
+        "attributes": attributes,
+        "group_id": group_id,
+    }
+    start = 0
+    async for window in iter_chunks(bodies, WINDOW):
+        outgoing = [_outgoing(item, defaults) for item in window]
+        sent, failed = await _send_window(ctx, info, start, outgoing)
+        for index in range(start, start + len(window)):
+            key_id = sent.get(index)
+            keys.append(key_id[0] if key_id else None)
+            message_ids.append(key_id[1] if key_id else None)
+        failures.extend(failed)
+        start += len(window)
+    result = BatchSendResult(keys, message_ids, failures)
+    if raise_on_failure:
+        result.raise_for_failures()
+    return result
+
+
+def _outgoing(item: Any, defaults: dict[str, Any]) -> OutgoingMessage:
+    if isinstance(item, OutgoingMessage):
+        return msgspec.structs.replace(
+            item,
+            meta=item.meta if item.meta is not None else defaults["meta"],
+            attributes=item.attributes if item.attributes is not None else defaults["attributes"],
+            group_id=item.group_id if item.group_id is not None else defaults["group_id"],
+            delay_seconds=item.delay_seconds or defaults["delay_seconds"],
+        )
+    return OutgoingMessage(body=item, **defaults)
+
+
+async def _send_window(
+    ctx: Context, info: QueueInfo, start: int, outgoing: list[OutgoingMessage]
+) -> tuple[dict[int, tuple[RecordKey, str]], list[EntryFailure]]:
+    now = iso_now()
+    failures: list[EntryFailure] = []
+    ready: list[Prepared] = []
+    for offset, message in enumerate(outgoing):
+        try:
+            ready.append(prepare(ctx, info, start + offset, message, now))
+        except ValidationError as exc:
+            failures.append(_failure(start + offset, None, exc))
+
+    ready = await _offload_large(ctx, ready, failures)
+    ready = await _write_records(ctx, ready, failures)
+
+    groups = pack_by_size(
+        ready,
+        max_count=SEND_BATCH_MAX,
+        max_bytes=ctx.settings.max_batch_bytes,
+        size_of=lambda entry: entry.size,
+    )
+    calls = [partial(_send_group, ctx, info.url, group) for group in groups]
+    sent: dict[int, tuple[RecordKey, str]] = {}
+    not_sent: list[Prepared] = []
+    for outcomes in await gather_limited(ctx.limiter, calls):
+        for entry, outcome in outcomes:
+            if isinstance(outcome, str):
+                sent[entry.index] = (entry.key, outcome)
+            else:
+                failures.append(outcome)
+                if not outcome.maybe_sent:
+                    not_sent.append(entry)
+    await _discard(ctx, not_sent)
+    return sent, failures
+
+
+async def _offload_large(
+    ctx: Context, entries: list[Prepared], failures: list[EntryFailure]
+) -> list[Prepared]:
+    large = [entry for entry in entries if needs_offload(ctx, entry)]
+    if not large:
+        return entries
+
+    async def offload(entry: Prepared) -> Prepared | None:
+        try:
+            entry.offload_to(await _payloads.store(ctx, entry.ident, entry.body))
+        except MsgclusterError as exc:
+            failures.append(_failure(entry.index, None, exc))
+            return None
+        return entry
+
+    await gather_limited(ctx.limiter, [partial(offload, entry) for entry in large])
+    failed = {f.index for f in failures}
+    return [entry for entry in entries if entry.index not in failed]
+
+
+async def _write_records(
+    ctx: Context, entries: list[Prepared], failures: list[EntryFailure]
+) -> list[Prepared]:
+    """BatchWriteItem the PRE FLIGHT records; entries whose record failed are not sent."""
+    requests = [{"PutRequest": {"Item": entry.item}} for entry in entries]
+    write_failures = await batch_write(ctx, requests)
+    if not write_failures:
+        return entries
+    by_pk = {entry.key.pk: entry for entry in entries}
+    failed: set[int] = set()
+    for failure in write_failures:
+        entry = by_pk[failure.request["PutRequest"]["Item"]["pk"]["S"]]
+        failed.add(entry.index)
+        # Whether or not an ambiguous record write applied, no message was sent.
+        failures.append(_failure(entry.index, None, failure.error))
+    return [entry for entry in entries if entry.index not in failed]
+
+
+async def _send_group(
+    ctx: Context, queue_url: str, group: list[Prepared], backoff: Backoff | None = None
+) -> list[tuple[Prepared, str | EntryFailure]]:
+    """One SendMessageBatch, retrying entries AWS failed without blaming the sender.
+
+    Request-level errors are not retried here: botocore's retry mode already
+    did. An entry whose request got no answer is reported ``maybe_sent``.
+    """
+    backoff = backoff or Backoff()
+    pending = {str(position): entry for position, entry in enumerate(group)}
+    outcomes: list[tuple[Prepared, str | EntryFailure]] = []
+    last: dict[str, tuple[str, str]] = {}
+    for attempt in range(backoff.attempts):
+        entries = [{"Id": ident, **entry.sqs_fields()} for ident, entry in pending.items()]
+        try:
+            with aws_errors(resource=queue_url):
+                response = await ctx.sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+        except AwsError as exc:
+            maybe = not is_definitely_not_applied(exc)
+            for entry in pending.values():
+                outcomes.append((entry, _failure(entry.index, entry.key, exc, maybe_sent=maybe)))
+            return outcomes
+        for success in response.get("Successful", []):
+            entry = pending.pop(success["Id"])
+            outcomes.append((entry, success["MessageId"]))
+        for failed in response.get("Failed", []):
+            code, text = failed.get("Code", ""), failed.get("Message", "")
+            if failed.get("SenderFault", False):
+                entry = pending.pop(failed["Id"])
+                failure = EntryFailure(
+                    index=entry.index, key=entry.key, code=code, message=text, sender_fault=True
+                )
+                outcomes.append((entry, failure))
+            else:
+                last[failed["Id"]] = (code, text)
+        if not pending:
+            return outcomes
+        await backoff.sleep(attempt)
+    for ident, entry in pending.items():
+        code, text = last.get(ident, ("InternalError", "entry kept failing"))
+        outcomes.append(
+            (
+                entry,
+                EntryFailure(
+                    index=entry.index,
+                    key=entry.key,
+                    code=code,
+                    message=f"{text} (gave up after {backoff.attempts} attempts)",
+                    sender_fault=False,
+                ),
+            )
+        )
+    return outcomes
+
+
+def _failure(
+    index: int, key: RecordKey | None, exc: MsgclusterError, *, maybe_sent: bool = False
+) -> EntryFailure:
+    code = getattr(exc, "code", "") or type(exc).__name__
+    sender_fault = isinstance(exc, ValidationError) or (
+        isinstance(exc, AwsError) and is_definitely_not_applied(exc)
+    )
+    return EntryFailure(
+        index=index,
+        key=key if maybe_sent else None,
+        code=code,
+        message=str(exc),
+        sender_fault=sender_fault,
+        maybe_sent=maybe_sent,
+    )
+
+
+async def _discard(ctx: Context, entries: Sequence[Prepared]) -> None:
+    """Remove the records (and S3 bodies) of messages that were definitely not sent.
+
+    Best effort: what cannot be removed now expires by TTL / lifecycle.
+    """
+    if not entries:
+        return
+    requests = [{"DeleteRequest": {"Key": key_attrs(e.key.pk, e.key.rk)}} for e in entries]
+    try:
+        left = await batch_write(ctx, requests)
+    except MsgclusterError as exc:  # pragma: no cover - logged, TTL cleans up
+        log.warning("could not remove %d unsent record(s): %s", len(entries), exc)
+        return
+    if left:
+        log.warning("could not remove %d unsent record(s); TTL will expire them", len(left))
+    for entry in entries:
+        if entry.pointer is not None:
+            try:
+                with aws_errors():
+                    await ctx.s3.delete_object(Bucket=entry.pointer.bucket, Key=entry.pointer.key)
+            except MsgclusterError:  # pragma: no cover - lifecycle expires it
+                pass
+
+
+# --------------------------------------------------------------------------- records
+
+
+def record_key(record: object) -> tuple[RecordKey, SqsMessage | None]:
+    """The record key of an SQS record / ParsedRecord / RecordKey."""
+    if isinstance(record, RecordKey):
+        return record, None
+    if isinstance(record, ParsedRecord):
+        return record.key, record.message
+    message = normalize(record)
+    envelope = parse_envelope(message)
+    try:
+        return RecordKey(envelope.pk, envelope.rk), message
+    except ValidationError as exc:
+        raise EnvelopeError(
+            f"message {message.id} carries an invalid record key: {exc}", message_id=message.id
+        ) from exc
+
+
+async def get_message_record(
+    ctx: Context, key: object, *, consistent_read: bool = False
+) -> MessageRecord:
+    record_key_ = RecordKey.of(key)
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.get_item(
+            TableName=ctx.table,
+            Key=key_attrs(record_key_.pk, record_key_.rk),
+            ConsistentRead=consistent_read,
+        )
+    item = response.get("Item")
+    if item is None:
+        raise RecordNotFoundError(
+            f"no record for {record_key_.pk} (completed and removed, expired, or never sent)"
+        )
+    return decode_item(item, MessageRecord)  # type: ignore[arg-type]
+
+
+async def get_message_records(
+    ctx: Context, keys: Iterable[object], *, consistent_read: bool = False
+) -> list[MessageRecord | None]:
+    """Records in the order of ``keys``; ``None`` where no record exists."""
+    wanted = [RecordKey.of(key) for key in keys]
+    found = await batch_get(ctx, [(k.pk, k.rk) for k in wanted], consistent_read=consistent_read)
+    out: list[MessageRecord | None] = []
+    for key in wanted:
+        item = found.get((key.pk, key.rk))
+        out.append(decode_item(item, MessageRecord) if item is not None else None)
+    return out
+
+
+async def update_message_record(
+    ctx: Context,
+    key: object,
+    *,
+    meta: Any = _UNSET,
+    status: Status | str | None = None,
+    expected_status: Status | str | None = None,
+) -> MessageRecord:
+    """Set ``meta`` and/or ``status`` on an existing record (never creates one).
+
+    ``expected_status`` makes the write a compare-and-set: it applies only if
+    the record is in that status, else :class:`ConditionFailedError`.
+    """
+    record_key_ = RecordKey.of(key)
+    names = {"#u": "updatedAt"}
+    values: dict[str, Any] = {":now": {"S": iso_now()}}
+    sets = ["#u = :now"]
+    if meta is not _UNSET:
+        meta_bytes = msgspec.json.encode(meta)
+        if len(meta_bytes) > ctx.settings.max_meta_bytes:
+            from ._errors import MetaTooLargeError
+
+            raise MetaTooLargeError(
+                f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
+            )
+        names["#m"] = "meta"
+        values[":meta"] = to_attr(msgspec.json.decode(meta_bytes))
+        sets.append("#m = :meta")
+    if status is not None:
+        new_status = _status(status)
+        names |= {"#s": "status", "#c": "statusCode"}
+        values |= {":s": {"S": new_status.value}, ":c": {"N": str(STATUS_CODES[new_status])}}
+        sets += ["#s = :s", "#c = :c"]
+    condition = "attribute_exists(pk)"
+    if expected_status is not None:
+        names["#s"] = "status"
+        values[":expected"] = {"S": _status(expected_status).value}
+        condition += " AND #s = :expected"
+    try:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.update_item(
+                TableName=ctx.table,
+                Key=key_attrs(record_key_.pk, record_key_.rk),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+    except ConditionFailedError as exc:
+        if not exc.item:
+            raise RecordNotFoundError(f"no record for {record_key_.pk}") from exc
+        current = from_attr({"M": exc.item}).get("status")
+        raise ConditionFailedError(
+            f"record {record_key_.pk} is {current!r}, not {expected_status!r}",
+            item=exc.item,
+            code=exc.code,
+            operation=exc.operation,
+        ) from exc
+    return decode_item(response["Attributes"], MessageRecord)  # type: ignore[arg-type]
+
+
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(value)
+    except ValueError as exc:
+        raise ValidationError(
+            f"unknown status {value!r}; expected one of {[s.value for s in Status]}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- consume
+
+
+async def is_complete(ctx: Context, record: object) -> bool:
+    """True if the message's work is done: record COMPLETE, or removed on completion.
+
+    A missing record means completed and cleaned up (records are written
+    before their message is sent) or expired after the retention period.
+    """
+    key, _ = record_key(record)
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.get_item(
+            TableName=ctx.table,
+            Key=key_attrs(key.pk, key.rk),
+            ConsistentRead=True,
+            ProjectionExpression="#s",
+            ExpressionAttributeNames={"#s": "status"},
+        )
+    item = response.get("Item")
+    return item is None or item.get("status", {}).get("S") == Status.COMPLETE.value
+
+
+async def mark_complete(ctx: Context, record: object) -> bool:
+    """Complete a simple message: its record is deleted. True if this call did it."""
+    key, _ = record_key(record)
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.delete_item(
+            TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ReturnValues="ALL_OLD"
+        )
+    return bool(response.get("Attributes"))
+
+
+async def mark_failed(
+    ctx: Context, record: object, error: BaseException | str
+) -> MessageRecord | None:
+    """Record one failed attempt on the message's record.
+
+    Appends to the bounded ``error`` list, sets ``consumptionCount`` from
+    ``ApproximateReceiveCount``, refreshes the TTL, and sets status ERROR once
+    the queue's ``maxReceiveCount`` is reached (the message goes to the DLQ
+    next). Returns the updated record, or None when the record is gone
+    (completed meanwhile): a failure never resurrects a completed record.
+    """
+    key, message = record_key(record)
+    receive_count = message.receive_count if message is not None else 0
+    max_receives = await _max_receives(ctx, record)
+    final = max_receives is not None and receive_count >= max_receives
+    status = Status.ERROR if final else Status.IN_PROGRESS
+    now = iso_now()
+    entry = ErrorEntry(
+        at=now,
+        message=(str(error) or type(error).__name__)[:MAX_ERROR_TEXT],
+        type="" if isinstance(error, str) else type(error).__name__,
+        receive_count=receive_count,
+    )
+    limit = ctx.settings.max_errors
+    names = {"#s": "status", "#c": "statusCode", "#e": "error", "#u": "updatedAt"}
+    base_values: dict[str, Any] = {
+        ":s": {"S": status.value},
+        ":c": {"N": str(STATUS_CODES[status])},
+        ":now": {"S": now},
+        ":exp": {"N": str(ctx.expires_at())},
+        ":rc": {"N": str(receive_count)},
+        ":done": {"S": Status.COMPLETE.value},
+    }
+    sets = "#s = :s, #c = :c, #u = :now, expiresAt = :exp, consumptionCount = :rc"
+    entry_attr = to_attr(msgspec.to_builtins(entry))
+    request: dict[str, Any] = {
+        "TableName": ctx.table,
+        "Key": key_attrs(key.pk, key.rk),
+        "UpdateExpression": f"SET {sets}, #e = list_append(if_not_exists(#e, :empty), :new)",
+        "ConditionExpression": (
+            "attribute_exists(pk) AND #s <> :done AND (attribute_not_exists(#e) OR size(#e) < :max)"
+        ),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": base_values
+        | {":empty": {"L": []}, ":new": {"L": [entry_attr]}, ":max": {"N": str(limit)}},
+        "ReturnValues": "ALL_NEW",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+    for _ in range(8):
+        try:
+            with aws_errors(resource=ctx.table):
+                response = await ctx.ddb.update_item(**request)
+        except ConditionFailedError as exc:
+            old = exc.item
+            if not old or old.get("status", {}).get("S") == Status.COMPLETE.value:
+                return None
+            # The list is full: keep the newest ``limit - 1`` and append, as a
+            # compare-and-set on updatedAt so concurrent failures do not clobber.
+            kept = old.get("error", {}).get("L", [])[-(limit - 1) :] if limit > 1 else []
+            request["UpdateExpression"] = f"SET {sets}, #e = :list"
+            request["ConditionExpression"] = "#u = :prev AND #s <> :done"
+            request["ExpressionAttributeValues"] = base_values | {
+                ":list": {"L": [*kept, entry_attr]},
+                ":prev": old.get("updatedAt", {"S": ""}),
+            }
+            continue
+        return decode_item(response["Attributes"], MessageRecord)  # type: ignore[arg-type]
+    raise MsgclusterError(f"could not record a failure on {key.pk}: too much contention")
+
+
+async def _max_receives(ctx: Context, record: object) -> int | None:
+    url = ""
+    if isinstance(record, ParsedRecord):
+        url = record.url
+    elif not isinstance(record, RecordKey):
+        try:
+            url = parse_envelope(normalize(record)).url
+        except MsgclusterError:
+            url = ""
+    if not url:
+        return None
+    try:
+        return (await ctx.queue_info(url)).max_receive_count
+    except MsgclusterError:
+        # Failure recording must not fail because the queue cannot be described.
+        return None
+
+
+async def is_complete_many(ctx: Context, keys: Sequence[RecordKey]) -> set[RecordKey]:
+    """The subset of ``keys`` whose work is done (one consistent BatchGetItem per 100)."""
+    found = await batch_get(
+        ctx,
+        [(k.pk, k.rk) for k in keys],
+        consistent_read=True,
+        projection="pk, rk, #s",
+        names={"#s": "status"},
+    )
+    done: set[RecordKey] = set()
+    for key in keys:
+        item = found.get((key.pk, key.rk))
+        if item is None or item.get("status", {}).get("S") == Status.COMPLETE.value:
+            done.add(key)
+    return done

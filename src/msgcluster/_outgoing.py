@@ -1,0 +1,238 @@
+"""Turning caller input into ready-to-send SQS entries (validation happens here).
+
+Everything a caller can get wrong is checked before anything is written:
+queue kind vs. FIFO options, delays, attribute shapes, meta size, body
+encodability. The result is a :class:`Prepared` entry holding the record item
+and the envelope bytes, so the send path does no further encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from ._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
+from ._itemcodec import encode_item
+from ._schemas import (
+    MessageEnvelope,
+    MessageRecord,
+    OutgoingMessage,
+    RecordKey,
+    S3Pointer,
+    new_message_key,
+)
+
+if TYPE_CHECKING:
+    from ._context import Context, QueueInfo
+
+__all__ = ["Prepared", "encode_attributes", "prepare"]
+
+_encoder: Final = msgspec.json.Encoder()
+MAX_DELAY_SECONDS: Final = 900
+MAX_ATTRIBUTES: Final = 10
+# An envelope pointing at S3 is a few hundred bytes; leave room for it.
+_POINTER_ENVELOPE_BYTES: Final = 2_048
+
+
+class Prepared:
+    """One validated entry: its record item and the bytes that go on the wire."""
+
+    __slots__ = (
+        "attributes",
+        "attributes_size",
+        "body",
+        "dedup_id",
+        "delay_seconds",
+        "envelope",
+        "group_id",
+        "ident",
+        "index",
+        "item",
+        "key",
+        "pointer",
+        "url",
+    )
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        ident: str,
+        key: RecordKey,
+        url: str,
+        body: bytes,
+        item: dict[str, Any],
+        attributes: dict[str, Any],
+        attributes_size: int,
+        delay_seconds: int,
+        group_id: str | None,
+        dedup_id: str | None,
+    ) -> None:
+        self.index = index
+        self.ident = ident
+        self.key = key
+        self.url = url
+        self.body = body
+        self.item = item
+        self.attributes = attributes
+        self.attributes_size = attributes_size
+        self.delay_seconds = delay_seconds
+        self.group_id = group_id
+        self.dedup_id = dedup_id
+        self.pointer: S3Pointer | None = None
+        self.envelope = _encoder.encode(
+            MessageEnvelope(pk=key.pk, rk=key.rk, url=url, body=msgspec.Raw(body))
+        )
+
+    @property
+    def size(self) -> int:
+        """Bytes SQS counts against its limits: body plus message attributes."""
+        return len(self.envelope) + self.attributes_size
+
+    def offload_to(self, pointer: S3Pointer) -> None:
+        self.pointer = pointer
+        self.envelope = _encoder.encode(
+            MessageEnvelope(pk=self.key.pk, rk=self.key.rk, url=self.url, body_s3=pointer)
+        )
+
+    def sqs_fields(self) -> dict[str, Any]:
+        """Keyword arguments shared by SendMessage and a SendMessageBatch entry."""
+        fields: dict[str, Any] = {"MessageBody": self.envelope.decode()}
+        if self.delay_seconds:
+            fields["DelaySeconds"] = self.delay_seconds
+        if self.attributes:
+            fields["MessageAttributes"] = self.attributes
+        if self.group_id is not None:
+            fields["MessageGroupId"] = self.group_id
+        if self.dedup_id is not None:
+            fields["MessageDeduplicationId"] = self.dedup_id
+        return fields
+
+
+def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """Plain values -> SQS MessageAttributes, and the bytes SQS counts for them.
+
+    ``str`` -> String, ``int``/``float`` -> Number, ``bytes`` -> Binary; a
+    mapping with ``DataType`` is passed through as already in SQS form.
+    """
+    if not attributes:
+        return {}, 0
+    if not isinstance(attributes, Mapping):
+        raise ValidationError(f"attributes must be a mapping, got {type(attributes).__name__}")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(f"SQS allows at most {MAX_ATTRIBUTES} message attributes")
+    out: dict[str, Any] = {}
+    size = 0
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not name or name.lower().startswith(("aws.", "amazon.")):
+            raise ValidationError(
+                f"invalid message attribute name {name!r} (non-empty, not 'AWS.'/'Amazon.')"
+            )
+        attr = _attribute(name, value)
+        payload = attr.get("StringValue", attr.get("BinaryValue", b""))
+        size += (
+            len(name.encode())
+            + len(attr["DataType"])
+            + len(payload.encode() if isinstance(payload, str) else payload)
+        )
+        out[name] = attr
+    return out, size
+
+
+def _attribute(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        if "DataType" not in value or not ({"StringValue", "BinaryValue"} & value.keys()):
+            raise ValidationError(
+                f"message attribute {name!r}: a mapping needs 'DataType' and 'StringValue' "
+                "or 'BinaryValue'"
+            )
+        return dict(value)
+    if isinstance(value, bool):
+        return {"DataType": "String", "StringValue": "true" if value else "false"}
+    if isinstance(value, str):
+        return {"DataType": "String", "StringValue": value}
+    if isinstance(value, int | float):
+        return {"DataType": "Number", "StringValue": repr(value)}
+    if isinstance(value, bytes | bytearray):
+        return {"DataType": "Binary", "BinaryValue": bytes(value)}
+    raise ValidationError(
+        f"message attribute {name!r} has unsupported type {type(value).__name__} "
+        "(use str, int, float, bytes, or an SQS attribute mapping)"
+    )
+
+
+def encode_json(value: Any, what: str) -> bytes:
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(f"{what} cannot be encoded as JSON: {exc}") from exc
+
+
+def prepare(
+    ctx: Context,
+    info: QueueInfo,
+    index: int,
+    message: OutgoingMessage,
+    now: str,
+) -> Prepared:
+    """Validate one outgoing message and build its record and envelope."""
+    settings = ctx.settings
+    delay = message.delay_seconds
+    if not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_SECONDS:
+        raise ValidationError(f"delay_seconds must be an int in 0..{MAX_DELAY_SECONDS}")
+    if info.fifo:
+        if not message.group_id:
+            raise ValidationError(f"queue {info.url} is FIFO: group_id is required")
+        if delay:
+            raise ValidationError("FIFO queues do not support per-message delay_seconds")
+    elif message.group_id is not None or message.dedup_id is not None:
+        # SQS accepts MessageGroupId on standard queues now, but dedup ids are
+        # FIFO-only; refuse both so a misconfigured queue is caught early.
+        raise ValidationError(
+            f"queue {info.url} is a standard queue: group_id/dedup_id need a FIFO queue"
+        )
+    meta_bytes = encode_json(message.meta, "meta")
+    if len(meta_bytes) > settings.max_meta_bytes:
+        raise MetaTooLargeError(
+            f"meta is {len(meta_bytes):,} bytes encoded; the limit is {settings.max_meta_bytes:,} "
+            "(meta lives on the DynamoDB record; put large data in the body)"
+        )
+    body = encode_json(message.body, "body")
+    attributes, attributes_size = encode_attributes(message.attributes)
+    if attributes_size + _POINTER_ENVELOPE_BYTES > settings.max_message_bytes:
+        raise MessageTooLargeError(
+            f"message attributes take {attributes_size:,} bytes; with the envelope they "
+            f"cannot fit in {settings.max_message_bytes:,}"
+        )
+    ident, key = new_message_key()
+    record = MessageRecord(
+        pk=key.pk,
+        rk=key.rk,
+        id=ident,
+        url=info.url,
+        meta=msgspec.json.decode(meta_bytes),
+        body=body.decode() if len(body) <= settings.record_body_bytes else None,
+        body_size=len(body),
+        started_at=now,
+        updated_at=now,
+        expires_at=ctx.expires_at(),
+    )
+    return Prepared(
+        index=index,
+        ident=ident,
+        key=key,
+        url=info.url,
+        body=body,
+        item=encode_item(record),
+        attributes=attributes,
+        attributes_size=attributes_size,
+        delay_seconds=delay,
+        group_id=message.group_id if info.fifo else None,
+        dedup_id=(message.dedup_id or ident) if info.fifo else None,
+    )
+
+
+def needs_offload(ctx: Context, entry: Prepared) -> bool:
+    return entry.size > ctx.settings.max_message_bytes
