@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Self
 import anyio
 import anyio.to_thread
 
+from msgcluster._errors import ConfigurationError
 from msgcluster._moto_child import EXIT_MISSING_DEPENDENCY, INSTALL_HINT, READY_PREFIX
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ _REQUIRED_MODULES: Final = ("moto", "werkzeug", "flask", "flask_cors")
 _STDERR_TAIL: Final = 4000
 
 
-class LocalAWSError(Exception):
+class LocalAWSError(ConfigurationError):
     """The local AWS server could not be started (or is not running)."""
 
 
@@ -180,6 +181,15 @@ class LocalAWS:
         return {
             "region_name": self.region,
             "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+        }
+
+    def settings(self) -> dict[str, str]:
+        """Keyword arguments for ``msgcluster.Client(**aws.settings())``."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
             "aws_access_key_id": self.aws_access_key_id,
             "aws_secret_access_key": self.aws_secret_access_key,
         }
