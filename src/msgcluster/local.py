@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, Self
+from typing import IO, TYPE_CHECKING, Any, Final, Self, TypedDict
 
 import anyio
 import anyio.to_thread
@@ -57,6 +57,15 @@ DEFAULT_KEEP_ALIVE: Final = True
 
 _REQUIRED_MODULES: Final = ("moto", "werkzeug", "flask", "flask_cors")
 _STDERR_TAIL: Final = 4000
+
+
+class ClientSettings(TypedDict):
+    """What :meth:`LocalAWS.settings` returns: ``Client(**aws.settings())``."""
+
+    endpoint_url: str
+    region: str
+    aws_access_key_id: str
+    aws_secret_access_key: str
 
 
 class LocalAWSError(ConfigurationError):
@@ -185,7 +194,7 @@ class LocalAWS:
             "aws_secret_access_key": self.aws_secret_access_key,
         }
 
-    def settings(self) -> dict[str, str]:
+    def settings(self) -> ClientSettings:
         """Keyword arguments for ``msgcluster.Client(**aws.settings())``."""
         return {
             "endpoint_url": self.endpoint_url,
