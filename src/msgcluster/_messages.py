@@ -12,6 +12,7 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import msgspec
 
 from . import _payloads
@@ -132,16 +133,24 @@ async def send_message_batch(
         "attributes": attributes,
         "group_id": group_id,
     }
-    start = 0
-    async for window in iter_chunks(bodies, WINDOW):
-        outgoing = [_outgoing(item, defaults) for item in window]
-        sent, failed = await _send_window(ctx, info, start, outgoing)
-        for index in range(start, start + len(window)):
-            key_id = sent.get(index)
-            keys.append(key_id[0] if key_id else None)
-            message_ids.append(key_id[1] if key_id else None)
-        failures.extend(failed)
-        start += len(window)
+    sent: dict[int, tuple[RecordKey, str]] = {}
+    total = 0
+    # Two-stage pipeline: while one window's messages are being sent, the next
+    # window's records are written. At most two windows are held in memory.
+    async with anyio.create_task_group() as tg:
+        sending = anyio.Event()
+        sending.set()
+        async for window in iter_chunks(bodies, WINDOW):
+            outgoing = [_outgoing(item, defaults) for item in window]
+            ready = await _write_window(ctx, info, total, outgoing, failures)
+            total += len(window)
+            await sending.wait()
+            sending = anyio.Event()
+            tg.start_soon(_send_window, ctx, info, ready, sent, failures, sending)
+    for index in range(total):
+        key_id = sent.get(index)
+        keys.append(key_id[0] if key_id else None)
+        message_ids.append(key_id[1] if key_id else None)
     result = BatchSendResult(keys, message_ids, failures)
     if raise_on_failure:
         result.raise_for_failures()
@@ -160,40 +169,54 @@ def _outgoing(item: Any, defaults: dict[str, Any]) -> OutgoingMessage:
     return OutgoingMessage(body=item, **defaults)
 
 
-async def _send_window(
-    ctx: Context, info: QueueInfo, start: int, outgoing: list[OutgoingMessage]
-) -> tuple[dict[int, tuple[RecordKey, str]], list[EntryFailure]]:
+async def _write_window(
+    ctx: Context,
+    info: QueueInfo,
+    start: int,
+    outgoing: list[OutgoingMessage],
+    failures: list[EntryFailure],
+) -> list[Prepared]:
+    """Validate, offload large bodies, write the PRE FLIGHT records: what may be sent."""
     now = iso_now()
-    failures: list[EntryFailure] = []
     ready: list[Prepared] = []
     for offset, message in enumerate(outgoing):
         try:
             ready.append(prepare(ctx, info, start + offset, message, now))
         except ValidationError as exc:
             failures.append(_failure(start + offset, None, exc))
-
     ready = await _offload_large(ctx, ready, failures)
-    ready = await _write_records(ctx, ready, failures)
+    return await _write_records(ctx, ready, failures)
 
-    groups = pack_by_size(
-        ready,
-        max_count=SEND_BATCH_MAX,
-        max_bytes=ctx.settings.max_batch_bytes,
-        size_of=lambda entry: entry.size,
-    )
-    calls = [partial(_send_group, ctx, info.url, group) for group in groups]
-    sent: dict[int, tuple[RecordKey, str]] = {}
-    not_sent: list[Prepared] = []
-    for outcomes in await gather_limited(ctx.limiter, calls):
-        for entry, outcome in outcomes:
-            if isinstance(outcome, str):
-                sent[entry.index] = (entry.key, outcome)
-            else:
-                failures.append(outcome)
-                if not outcome.maybe_sent:
-                    not_sent.append(entry)
-    await _discard(ctx, not_sent)
-    return sent, failures
+
+async def _send_window(
+    ctx: Context,
+    info: QueueInfo,
+    ready: list[Prepared],
+    sent: dict[int, tuple[RecordKey, str]],
+    failures: list[EntryFailure],
+    done: anyio.Event,
+) -> None:
+    """SendMessageBatch (10 entries, <= 1 MiB each) concurrently; unsent records removed."""
+    try:
+        groups = pack_by_size(
+            ready,
+            max_count=SEND_BATCH_MAX,
+            max_bytes=ctx.settings.max_batch_bytes,
+            size_of=lambda entry: entry.size,
+        )
+        calls = [partial(_send_group, ctx, info.url, group) for group in groups]
+        not_sent: list[Prepared] = []
+        for outcomes in await gather_limited(ctx.limiter, calls):
+            for entry, outcome in outcomes:
+                if isinstance(outcome, str):
+                    sent[entry.index] = (entry.key, outcome)
+                else:
+                    failures.append(outcome)
+                    if not outcome.maybe_sent:
+                        not_sent.append(entry)
+        await _discard(ctx, not_sent)
+    finally:
+        done.set()
 
 
 async def _offload_large(
