@@ -1,0 +1,25 @@
+"""``python -m benchmarks`` (``make bench``): run every benchmark, one after another.
+
+Each runs in its own process so their servers and memory figures do not mix.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    failed = 0
+    for path in sorted(HERE.glob("bench_*.py")):
+        print(f"\n## {path.stem}\n", flush=True)
+        done = subprocess.run([sys.executable, "-m", f"benchmarks.{path.stem}"], cwd=HERE.parent)
+        failed += done.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
