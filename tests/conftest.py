@@ -119,3 +119,30 @@ def as_lambda_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
         "eventSourceARN": queue_arn,
         "awsRegion": "us-east-1",
     }
+
+
+async def stored_keys(mc: msgcluster.Client, table: str) -> set[msgcluster.RecordKey]:
+    """Every record key in ``table`` (a consistent, paginated Scan; tests only)."""
+    keys: set[msgcluster.RecordKey] = set()
+    request: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "pk, rk",
+        "ConsistentRead": True,
+    }
+    while True:
+        response = await mc.dynamodb.scan(**request)
+        keys.update(msgcluster.RecordKey(i["pk"]["S"], i["rk"]["S"]) for i in response["Items"])
+        if not response.get("LastEvaluatedKey"):
+            return keys
+        request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+async def queue_depth(mc: msgcluster.Client, url: str) -> int:
+    """Messages on the queue: visible + in flight + delayed."""
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    response = await mc.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+    return sum(int(response["Attributes"].get(name, "0")) for name in names)

@@ -113,4 +113,8 @@ class Backoff:
             yield random.uniform(0, min(self.cap, self.base * 2**attempt))
 
     async def sleep(self, attempt: int) -> None:
+        """Wait before attempt ``attempt + 1``; no wait after the last attempt (the
+        caller gives up at once instead of sleeping for nothing, up to ``cap``)."""
+        if attempt >= self.attempts - 1:
+            return
         await anyio.sleep(random.uniform(0, min(self.cap, self.base * 2**attempt)))

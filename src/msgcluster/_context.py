@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from ._errors import AwsValidationError, ValidationError, aws_errors
+from ._errors import AwsValidationError, QueueNotFoundError, ValidationError, aws_errors
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -68,8 +68,17 @@ class Context:
         info = self._queues.get(url)
         if info is not None:
             return info
-        with aws_errors(resource=url):
-            response = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        try:
+            with aws_errors(resource=url):
+                response = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        except QueueNotFoundError as exc:
+            raise QueueNotFoundError(
+                f"{exc} Check the queue URL (and region), or create the queue with "
+                "Client.provision(queues=[...]).",
+                code=exc.code,
+                operation=exc.operation,
+                status=exc.status,
+            ) from exc
         attrs = response.get("Attributes", {})
         redrive = attrs.get("RedrivePolicy")
         max_receives: int | None = None

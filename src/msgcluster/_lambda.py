@@ -14,14 +14,24 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._batching import gather_limited
 from ._dynamo import batch_write, key_attrs
 from ._errors import MalformedEventError, MsgclusterError
 from ._messages import is_complete_many, mark_failed
-from ._records import ParsedRecord, SqsMessage, load, normalize, parse_envelope
+from ._payloads import parse_extended_pointer
+from ._records import (
+    ParsedRecord,
+    SqsMessage,
+    load,
+    normalize,
+    parse_envelope,
+    resolve_extended,
+)
 from ._schemas import RecordKey
 
 if TYPE_CHECKING:
@@ -88,10 +98,12 @@ async def safe_process_batch(
     messages = _records_of(event)
     fifo = _is_fifo(messages) if fifo is None else fifo
     items: list[_Item] = []
-    for message in messages:
+    for message, resolved in zip(messages, await _resolve(ctx, messages), strict=True):
         try:
-            envelope = parse_envelope(message)
-            item = _Item(message, RecordKey(envelope.pk, envelope.rk))
+            if isinstance(resolved, MsgclusterError):
+                raise resolved
+            envelope = parse_envelope(resolved)
+            item = _Item(resolved, RecordKey(envelope.pk, envelope.rk))
         except MsgclusterError as exc:
             # Not ours / poison: fail it so redrive moves it to the DLQ.
             log.warning("message %s cannot be processed: %s", message.id, exc)
@@ -151,6 +163,22 @@ async def safe_process_batch(
     return {
         "batchItemFailures": [{"itemIdentifier": item.message.id} for item in items if not item.ok]
     }
+
+
+async def _resolve(ctx: Context, messages: list[SqsMessage]) -> list[SqsMessage | MsgclusterError]:
+    """Fetch the bodies of SQS Extended Client pointers (their keys are in S3),
+    concurrently; a fetch that fails is that message's error."""
+    out: list[SqsMessage | MsgclusterError] = list(messages)
+
+    async def one(index: int) -> None:
+        try:
+            out[index] = await resolve_extended(ctx, messages[index])
+        except MsgclusterError as exc:
+            out[index] = exc
+
+    pointers = [i for i, m in enumerate(messages) if parse_extended_pointer(m.body) is not None]
+    await gather_limited(ctx.limiter, [partial(one, index) for index in pointers])
+    return out
 
 
 async def _complete(ctx: Context, items: list[_Item]) -> None:

@@ -22,6 +22,7 @@ from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import (
     AwsError,
     ConditionFailedError,
+    ConfigurationError,
     EnvelopeError,
     MsgclusterError,
     RecordNotFoundError,
@@ -286,8 +287,9 @@ async def _send_group(
             code, text = failed.get("Code", ""), failed.get("Message", "")
             if failed.get("SenderFault", False):
                 entry = pending.pop(failed["Id"])
+                # key=None: the caller removes the record of an entry not sent.
                 failure = EntryFailure(
-                    index=entry.index, key=entry.key, code=code, message=text, sender_fault=True
+                    index=entry.index, key=None, code=code, message=text, sender_fault=True
                 )
                 outcomes.append((entry, failure))
             else:
@@ -302,7 +304,7 @@ async def _send_group(
                 entry,
                 EntryFailure(
                     index=entry.index,
-                    key=entry.key,
+                    key=None,
                     code=code,
                     message=f"{text} (gave up after {backoff.attempts} attempts)",
                     sender_fault=False,
@@ -316,7 +318,7 @@ def _failure(
     index: int, key: RecordKey | None, exc: MsgclusterError, *, maybe_sent: bool = False
 ) -> EntryFailure:
     code = getattr(exc, "code", "") or type(exc).__name__
-    sender_fault = isinstance(exc, ValidationError) or (
+    sender_fault = isinstance(exc, ValidationError | ConfigurationError) or (
         isinstance(exc, AwsError) and is_definitely_not_applied(exc)
     )
     return EntryFailure(

@@ -20,7 +20,7 @@ from ._errors import (
     MalformedEventError,
     PayloadNotLoadedError,
 )
-from ._payloads import EXTENDED_SIZE_ATTRIBUTES, parse_extended_pointer
+from ._payloads import EXTENDED_SIZE_ATTRIBUTES, fetch, parse_extended_pointer
 from ._schemas import (
     ENVELOPE_TYPES,
     NO_BODY,
@@ -36,7 +36,14 @@ from ._schemas import (
 if TYPE_CHECKING:
     from ._context import Context
 
-__all__ = ["ParsedRecord", "SqsMessage", "decode_body", "normalize", "parse_envelope"]
+__all__ = [
+    "ParsedRecord",
+    "SqsMessage",
+    "decode_body",
+    "normalize",
+    "parse_envelope",
+    "resolve_extended",
+]
 
 B = TypeVar("B")
 
@@ -171,7 +178,8 @@ def decode_body(raw: bytes | msgspec.Raw, body_type: Any, message_id: str) -> An
 
 
 def _body_error(exc: Exception, body_type: Any, message_id: str) -> BodyDecodeError:
-    name = getattr(body_type, "__name__", repr(body_type))
+    # A class by name; a generic alias or union as written (list[int], not list).
+    name = body_type.__name__ if isinstance(body_type, type) else repr(body_type)
     return BodyDecodeError(
         f"message {message_id}: body does not match {name}: {exc}", message_id=message_id
     )
@@ -288,15 +296,27 @@ def _from_envelope(
     )
 
 
+async def resolve_extended(ctx: Context, message: SqsMessage) -> SqsMessage:
+    """An SQS Extended Client message with its original body fetched from S3
+    (the envelope, keys included, is in S3); any other message unchanged."""
+    pointer = extended_pointer(message)
+    if pointer is None:
+        return message
+    data = await fetch(ctx, pointer)
+    try:
+        body = data.decode()
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(
+            f"message {message.id}: the S3 object s3://{pointer.bucket}/{pointer.key} it "
+            f"points to is not UTF-8 text ({exc})",
+            message_id=message.id,
+        ) from exc
+    return msgspec.structs.replace(message, body=body)
+
+
 async def load(ctx: Context, record: object, body_type: Any) -> ParsedRecord[Any]:
     """Like :func:`read`, fetching bodies that live in S3."""
-    from ._payloads import fetch
-
-    message = normalize(record)
-    pointer = extended_pointer(message)
-    if pointer is not None:
-        data = await fetch(ctx, pointer)
-        message = msgspec.structs.replace(message, body=data.decode())
+    message = await resolve_extended(ctx, normalize(record))
     parsed = _from_envelope(ctx, message, parse_envelope(message), body_type)
     if parsed.pointer is not None:
         data = await fetch(ctx, parsed.pointer)

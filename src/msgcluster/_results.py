@@ -19,6 +19,8 @@ class EntryFailure(msgspec.Struct, frozen=True, kw_only=True):
     ``sender_fault`` is AWS's verdict (retrying the same entry will fail
     again); ``maybe_sent`` is True when the request's fate is unknown (no
     response), in which case the record is kept and the message may arrive.
+    ``key`` is the kept record's key when ``maybe_sent``, else None (the
+    record of an entry that was definitely not sent is removed).
     """
 
     index: int
