@@ -487,9 +487,10 @@ async def test_send_message_dropped_response_keeps_its_record(
     names: dict[str, str],
 ) -> None:
     proxy.add_rule("SendMessage", drop_response(), times=1)
-    with pytest.raises(msgcluster.AwsConnectionError):
+    with pytest.raises(msgcluster.AwsConnectionError, match="may have been sent") as caught:
         await pc1.send_message(queue_url, {"n": 1})
     (key,) = await stored_keys(mc, names["table"])
+    assert caught.value.record_key == key
     record = await mc.get_message_record(key, consistent_read=True)
     assert record.status is Status.PRE_FLIGHT
     (message,) = await receive_all(mc, queue_url, 1)  # it was sent after all

@@ -160,6 +160,8 @@ class AwsError(MsgclusterError):
         self.code = code
         self.operation = operation
         self.status = status
+        # Set when a send failed ambiguously: the record kept for the message.
+        self.record_key: Any = None
 
 
 class ResourceNotFoundError(AwsError, LookupError):
@@ -336,8 +338,16 @@ def aws_errors(resource: str = "") -> Iterator[None]:
 
 
 def is_definitely_not_applied(exc: BaseException) -> bool:
-    """True when AWS answered with a client error, so the request did not apply.
+    """True when AWS answered with an error, so the request did not apply.
 
-    Connection errors and 5xx are ambiguous: the request may have applied.
+    Throttling is a refusal (not applied). Connection errors and 5xx are
+    ambiguous: the request may have applied.
     """
-    return isinstance(exc, AwsError) and not isinstance(exc, AwsConnectionError | ThrottledError)
+    return isinstance(exc, AwsError) and not isinstance(exc, AwsConnectionError)
+
+
+def is_sender_fault(exc: BaseException) -> bool:
+    """True when sending the same request again cannot succeed."""
+    if isinstance(exc, ValidationError | ConfigurationError):
+        return True
+    return is_definitely_not_applied(exc) and not isinstance(exc, ThrottledError)

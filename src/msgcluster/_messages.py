@@ -22,13 +22,13 @@ from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import (
     AwsError,
     ConditionFailedError,
-    ConfigurationError,
     EnvelopeError,
     MsgclusterError,
     RecordNotFoundError,
     ValidationError,
     aws_errors,
     is_definitely_not_applied,
+    is_sender_fault,
 )
 from ._itemcodec import decode_item, from_attr, to_attr
 from ._outgoing import Prepared, needs_offload, prepare
@@ -107,6 +107,11 @@ async def send_message(
     except MsgclusterError as exc:
         if is_definitely_not_applied(exc):
             await _discard(ctx, [entry])
+        elif isinstance(exc, AwsError):
+            # The message may have been queued: the record is kept, and the
+            # caller gets its key to follow up.
+            exc.record_key = entry.key
+            exc.args = (f"{exc} (the message may have been sent; record {entry.key.pk} kept)",)
         raise
     return entry.key
 
@@ -318,9 +323,7 @@ def _failure(
     index: int, key: RecordKey | None, exc: MsgclusterError, *, maybe_sent: bool = False
 ) -> EntryFailure:
     code = getattr(exc, "code", "") or type(exc).__name__
-    sender_fault = isinstance(exc, ValidationError | ConfigurationError) or (
-        isinstance(exc, AwsError) and is_definitely_not_applied(exc)
-    )
+    sender_fault = is_sender_fault(exc)
     return EntryFailure(
         index=index,
         key=key if maybe_sent else None,
