@@ -111,6 +111,19 @@ async def safe_process_batch(
             item.error = exc
         items.append(item)
 
+    # The same message twice in one batch (duplicate delivery) runs once; the
+    # copies share its outcome.
+    everything = items
+    originals: dict[RecordKey, _Item] = {}
+    copies: list[tuple[_Item, _Item]] = []
+    items = []
+    for item in everything:
+        first = originals.setdefault(item.key, item) if item.key is not None else item
+        if first is item:
+            items.append(item)
+        else:
+            copies.append((item, first))
+
     keys = [item.key for item in items if item.key is not None and item.error is None]
     done = await is_complete_many(ctx, keys) if keys else set()
     for item in items:
@@ -160,8 +173,12 @@ async def safe_process_batch(
     await _complete(ctx, [item for item in items if item.ok and item.key not in done])
     failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
     await _record_failures(ctx, limiter, failed)
+    for copy, first in copies:
+        copy.ok, copy.error = first.ok, first.error
     return {
-        "batchItemFailures": [{"itemIdentifier": item.message.id} for item in items if not item.ok]
+        "batchItemFailures": [
+            {"itemIdentifier": item.message.id} for item in everything if not item.ok
+        ]
     }
 
 
