@@ -71,6 +71,15 @@ def proxy(local_aws: LocalAWS) -> Iterator[FaultProxy]:
         yield fault_proxy
 
 
+@pytest.fixture
+async def pc(
+    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, proxy: FaultProxy
+) -> AsyncIterator[msgcluster.Client]:
+    """A client whose every request goes through the fault proxy (table/bucket from ``mc``)."""
+    async with client_for(local_aws, names, endpoint_url=proxy.url) as client:
+        yield client
+
+
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 

@@ -28,14 +28,6 @@ class Order(msgspec.Struct):
 
 
 @pytest.fixture
-async def pc(
-    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, proxy: FaultProxy
-) -> AsyncIterator[msgcluster.Client]:
-    async with client_for(local_aws, names, endpoint_url=proxy.url) as client:
-        yield client
-
-
-@pytest.fixture
 async def bare(local_aws: LocalAWS, proxy: FaultProxy) -> AsyncIterator[msgcluster.Client]:
     """A client through the proxy with nothing provisioned: for checks that need no AWS."""
     async with client_for(

@@ -42,15 +42,6 @@ class Order(msgspec.Struct):
 
 
 @pytest.fixture
-async def pc(
-    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, proxy: FaultProxy
-) -> AsyncIterator[msgcluster.Client]:
-    """A client whose every request goes through the fault proxy (table/bucket from ``mc``)."""
-    async with client_for(local_aws, names, endpoint_url=proxy.url) as client:
-        yield client
-
-
-@pytest.fixture
 async def pc1(
     local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, proxy: FaultProxy
 ) -> AsyncIterator[msgcluster.Client]:
