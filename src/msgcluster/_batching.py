@@ -108,10 +108,6 @@ class Backoff:
         self.base = base
         self.cap = cap
 
-    def delays(self) -> Iterable[float]:
-        for attempt in range(self.attempts - 1):
-            yield random.uniform(0, min(self.cap, self.base * 2**attempt))
-
     async def sleep(self, attempt: int) -> None:
         """Wait before attempt ``attempt + 1``; no wait after the last attempt (the
         caller gives up at once instead of sleeping for nothing, up to ``cap``)."""
