@@ -200,6 +200,9 @@ async def test_extended_pointer_to_missing_object(
     assert f"s3://{names['bucket']}/extended/missing" in str(info.value)
     assert "is gone" in str(info.value)
     assert info.value.code == "NoSuchKey"
+    for call in (mc.is_complete, mc.mark_complete):
+        with pytest.raises(msgcluster.EnvelopeError, match="load_sqs_record"):
+            await call(message)  # the keys are in S3: say how to get them
 
 
 async def test_offloaded_body_that_expired(

@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._itemcodec import decode_item, from_attr, to_attr
 from ._outgoing import Prepared, needs_offload, prepare
-from ._records import ParsedRecord, SqsMessage, normalize, parse_envelope
+from ._records import ParsedRecord, SqsMessage, extended_pointer, normalize, parse_envelope
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
     STATUS_CODES,
@@ -368,6 +368,12 @@ def record_key(record: object) -> tuple[RecordKey, SqsMessage | None]:
     if isinstance(record, ParsedRecord):
         return record.key, record.message
     message = normalize(record)
+    if extended_pointer(message) is not None:
+        raise EnvelopeError(
+            f"message {message.id} is an SQS Extended Client pointer: its keys are in S3; "
+            "pass the result of `await client.load_sqs_record(record)` instead",
+            message_id=message.id,
+        )
     envelope = parse_envelope(message)
     try:
         return RecordKey(envelope.pk, envelope.rk), message
