@@ -324,8 +324,8 @@ NOT_ENVELOPES: list[tuple[str, str, str]] = [
     ("JSON array", "[1, 2]", "message m-1 is not a msgcluster envelope"),
     (
         "unknown envelope type",
-        json.dumps({"type": "cluster", "pk": "SQSMessage$a", "rk": "SQSMessage$b"}),
-        "Invalid value 'cluster'",
+        json.dumps({"type": "batch", "pk": "SQSMessage$a", "rk": "SQSMessage$b"}),
+        "Invalid value 'batch'",
     ),
     ("missing keys", envelope(url="http://x"), "Object missing required field `pk`"),
 ]

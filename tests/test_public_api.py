@@ -7,6 +7,14 @@ import inspect
 import msgcluster
 
 EXPECTED = {
+    "CallbackError",
+    "ClusterCreateError",
+    "ClusterError",
+    "CallbackStatus",
+    "ClusterEventEnvelope",
+    "ShardRecord",
+    "ClusterCallback",
+    "ClusterView",
     "AccessDeniedError",
     "AwsConnectionError",
     "AwsError",
@@ -21,6 +29,7 @@ EXPECTED = {
     "EntryFailure",
     "EnvelopeError",
     "ErrorEntry",
+    "GlobalsConflictError",
     "InvalidKeyError",
     "MalformedEventError",
     "MessageClusterRecord",

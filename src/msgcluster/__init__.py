@@ -1,5 +1,6 @@
 """msgcluster: trackable, composable SQS work on aiobotocore."""
 
+from ._callbacks import ClusterCallback, ClusterView
 from ._client import Client
 from ._errors import (
     AccessDeniedError,
@@ -9,9 +10,13 @@ from ._errors import (
     BatchSendError,
     BodyDecodeError,
     BucketNotFoundError,
+    CallbackError,
+    ClusterCreateError,
+    ClusterError,
     ConditionFailedError,
     ConfigurationError,
     EnvelopeError,
+    GlobalsConflictError,
     InvalidKeyError,
     MalformedEventError,
     MessageTooLargeError,
@@ -31,6 +36,8 @@ from ._errors import (
 from ._records import ParsedRecord
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
+    CallbackStatus,
+    ClusterEventEnvelope,
     ErrorEntry,
     MessageClusterRecord,
     MessageEnvelope,
@@ -39,6 +46,7 @@ from ._schemas import (
     RecordKey,
     RecordType,
     S3Pointer,
+    ShardRecord,
     Status,
     StatusCode,
     Task,
@@ -57,12 +65,20 @@ __all__ = [
     "BatchSendResult",
     "BodyDecodeError",
     "BucketNotFoundError",
+    "CallbackError",
+    "CallbackStatus",
     "Client",
+    "ClusterCallback",
+    "ClusterCreateError",
+    "ClusterError",
+    "ClusterEventEnvelope",
+    "ClusterView",
     "ConditionFailedError",
     "ConfigurationError",
     "EntryFailure",
     "EnvelopeError",
     "ErrorEntry",
+    "GlobalsConflictError",
     "InvalidKeyError",
     "MalformedEventError",
     "MessageClusterRecord",
@@ -83,6 +99,7 @@ __all__ = [
     "ResourceNotFoundError",
     "S3Pointer",
     "Settings",
+    "ShardRecord",
     "Status",
     "StatusCode",
     "TableNotFoundError",

@@ -8,19 +8,30 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
-from . import _lambda, _messages, _provision, _records
+from . import (
+    _cluster_create,
+    _clusters,
+    _consume,
+    _globals,
+    _lambda,
+    _messages,
+    _provision,
+    _records,
+)
+from ._clusterkeys import cluster_key
 from ._context import Context
 from ._errors import ConfigurationError
 from ._settings import RetryMode, Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Iterable
+    from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
     from types import TracebackType
 
+    from ._callbacks import ClusterCallback
     from ._lambda import ProcessRecord
     from ._records import ParsedRecord
     from ._results import BatchSendResult
-    from ._schemas import MessageRecord, RecordKey, Status
+    from ._schemas import MessageClusterRecord, MessageRecord, RecordKey, Status
 
 __all__ = ["Client"]
 
@@ -77,6 +88,7 @@ class Client:
         self._session = session
         self._stack: contextlib.AsyncExitStack | None = None
         self._ctx: Context | None = None
+        self._cluster_callbacks: list[Any] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,6 +131,7 @@ class Client:
             raise
         self._stack = stack
         self._ctx = Context(settings, sqs, ddb, s3)
+        self._ctx.cluster_callbacks = self._cluster_callbacks
         return self
 
     async def __aexit__(
@@ -258,13 +271,36 @@ class Client:
         return await _records.load(self.ctx, record, body_type)
 
     async def is_complete(self, record: object) -> bool:
-        return await _messages.is_complete(self.ctx, record)
+        """True if the record's work is done and its message can be acknowledged
+        (see :meth:`is_complete_batch` for what "done" means per kind)."""
+        return (await _consume.is_complete_batch(self.ctx, [record]))[0]
+
+    async def is_complete_batch(self, records: Sequence[object]) -> list[bool]:
+        """:meth:`is_complete` for a receive batch: one consistent BatchGetItem.
+
+        A message is done when its record is COMPLETE or gone; a cluster task
+        when it was counted or its cluster was cancelled (a counted task first
+        repairs its shard, so acknowledging it is safe); a completion event
+        when the callback is done.
+        """
+        return await _consume.is_complete_batch(self.ctx, records)
 
     async def mark_complete(self, record: object) -> bool:
-        return await _messages.mark_complete(self.ctx, record)
+        """Complete a message (its record is deleted) or count a cluster task once.
+
+        True if this call did it (False for a duplicate).
+        """
+        return (await _consume.mark_complete_batch(self.ctx, [record]))[0]
+
+    async def mark_complete_batch(self, records: Sequence[object]) -> list[bool]:
+        """:meth:`mark_complete` for a receive batch: its tasks are counted in one
+        TransactWriteItems; acknowledge the messages after it returns."""
+        return await _consume.mark_complete_batch(self.ctx, records)
 
     async def mark_failed(self, record: object, error: BaseException | str) -> MessageRecord | None:
-        return await _messages.mark_failed(self.ctx, record, error)
+        """Record a failed attempt (bounded error list). On the queue's last receive a
+        message's record becomes ERROR and a task is counted as failed."""
+        return await _consume.mark_failed(self.ctx, record, error)
 
     async def safe_process_batch(
         self,
@@ -309,3 +345,165 @@ class Client:
         return await _messages.update_message_record(
             self.ctx, key, meta=meta, status=status, expected_status=expected_status
         )
+
+    # ------------------------------------------------------------------ clusters
+
+    async def create_message_cluster(
+        self,
+        url: str,
+        tasks: Iterable[Any] | AsyncIterable[Any],
+        meta: Any = None,
+        globals: Any = None,
+        omit_globals: bool = False,
+        *,
+        cluster_id: str | None = None,
+        tolerated_failures: int = 0,
+        tolerated_failure_rate: float = 0.0,
+        completion_queue_url: str | None = None,
+    ) -> RecordKey:
+        """Fan ``tasks`` out to the queue at ``url`` as one tracked cluster.
+
+        ``tasks`` may be any (async) iterable; it is streamed in blocks of
+        1,000 (bounded memory). Each item is a task body, or an
+        :class:`OutgoingMessage` for per-task SQS options. ``globals`` is
+        stored in S3 for every task to read (``omit_globals=True``: none).
+        The cluster completes as COMPLETE when at most
+        ``max(tolerated_failures, tolerated_failure_rate * total)`` tasks
+        failed, else ERROR. Its completion event goes to
+        ``completion_queue_url`` (default: the task queue).
+
+        Returns the cluster key. If creation stops part-way,
+        :class:`ClusterCreateError` names the cluster id: call again with
+        ``cluster_id=`` and the same tasks to resume.
+        """
+        return await _cluster_create.create_message_cluster(
+            self.ctx,
+            url,
+            tasks,
+            meta,
+            globals,
+            omit_globals,
+            cluster_id=cluster_id,
+            tolerated_failures=tolerated_failures,
+            tolerated_failure_rate=tolerated_failure_rate,
+            completion_queue_url=completion_queue_url,
+        )
+
+    async def get_message_cluster(
+        self, key: object, consistent_read: bool = False
+    ) -> MessageClusterRecord:
+        """The cluster record with live counts (``total``, ``completed``, ``failed``,
+        ``in_progress``). ``key``: a cluster key, a task/event record, or an id."""
+        return await _clusters.get_message_cluster(self.ctx, key, consistent_read=consistent_read)
+
+    def cluster_tasks(
+        self,
+        key: object,
+        statuses: Iterable[Status | str] | None = None,
+        *,
+        consistent_read: bool = False,
+        page_size: int = 500,
+    ) -> AsyncIterator[MessageRecord]:
+        """Async iterator over the cluster's task records (optionally by status)."""
+        return _clusters.iter_cluster_tasks(
+            self.ctx, key, statuses, consistent_read=consistent_read, page_size=page_size
+        )
+
+    def completed_tasks(
+        self, key: object, *, consistent_read: bool = False
+    ) -> AsyncIterator[MessageRecord]:
+        from ._schemas import Status
+
+        return self.cluster_tasks(key, [Status.COMPLETE], consistent_read=consistent_read)
+
+    def incomplete_tasks(
+        self, key: object, *, consistent_read: bool = False
+    ) -> AsyncIterator[MessageRecord]:
+        from ._schemas import Status
+
+        return self.cluster_tasks(
+            key, [Status.PRE_FLIGHT, Status.IN_PROGRESS], consistent_read=consistent_read
+        )
+
+    def failed_tasks(
+        self, key: object, *, consistent_read: bool = False
+    ) -> AsyncIterator[MessageRecord]:
+        from ._schemas import Status
+
+        return self.cluster_tasks(key, [Status.ERROR], consistent_read=consistent_read)
+
+    async def update_message_cluster(
+        self, key: object, *, meta: Any = _clusters._UNSET
+    ) -> MessageClusterRecord:
+        """Replace the cluster's ``meta``."""
+        return await _clusters.update_message_cluster(self.ctx, key, meta=meta)
+
+    async def cancel_message_cluster(self, key: object) -> MessageClusterRecord:
+        """Stop a running cluster (status code 500): consumers skip and acknowledge
+        its remaining tasks; no completion callback runs. Idempotent."""
+        return await _clusters.cancel_message_cluster(self.ctx, key)
+
+    cancel_cluster = cancel_message_cluster
+
+    async def redrive_failed(self, key: object) -> int:
+        """Send the cluster's failed tasks again (only those); returns how many."""
+        return await _clusters.redrive_failed(self.ctx, key)
+
+    def _globals_pointer(self, key: object) -> Any:
+        from ._schemas import S3Pointer
+
+        cid = _clusters.cluster_id_from(key)
+        bucket = self.ctx.settings.require_bucket("cluster globals")
+        return S3Pointer(bucket=bucket, key=_globals.globals_key(cid))
+
+    async def get_message_cluster_globals(self, key: object, type: Any = Any) -> Any:
+        """The cluster's globals from S3 (revalidated per-process cache), decoded as ``type``."""
+        if isinstance(key, _records.ParsedRecord) and key.globals_pointer is not None:
+            return await _globals.get_globals(self.ctx, key.globals_pointer, type)
+        return await _globals.get_globals(self.ctx, self._globals_pointer(key), type)
+
+    async def update_message_cluster_globals(
+        self, key: object, value_or_fn: Any, type: Any = Any, *, max_attempts: int = 64
+    ) -> Any:
+        """Replace the globals with a value, or apply ``fn(current) -> new`` (sync or
+        async) with a compare-and-swap on the S3 ETag: concurrent updaters never lose
+        an update. Returns the new value."""
+        if isinstance(key, _records.ParsedRecord) and key.globals_pointer is not None:
+            pointer = key.globals_pointer
+        else:
+            pointer = self._globals_pointer(key)
+        return await _globals.update_globals(
+            self.ctx, pointer, value_or_fn, type, max_attempts=max_attempts
+        )
+
+    update_cluster_globals = update_message_cluster_globals
+
+    async def on_cluster_complete(
+        self,
+        key: object,
+        callback: ClusterCallback,
+        *,
+        lease_seconds: int = 300,
+        max_attempts: int = 5,
+    ) -> bool:
+        """Run ``callback(record, get_globals)`` once the cluster is final; exactly once
+        across all processes. Call it after ``mark_complete`` (cheap when the cluster
+        is still running) and for a cluster completion event. True if it ran here;
+        a callback that raises is recorded, retried, and re-raised as
+        :class:`CallbackError`."""
+        return await _clusters.on_cluster_complete(
+            self.ctx, key, callback, lease_seconds=lease_seconds, max_attempts=max_attempts
+        )
+
+    def register_cluster_callback(self, callback: ClusterCallback) -> ClusterCallback:
+        """Register the completion callback this Client runs for completion events it
+        consumes (``safe_process_batch``, workers). Usable as a decorator."""
+        if self._cluster_callbacks and self._cluster_callbacks[0] is not callback:
+            raise ConfigurationError("a cluster completion callback is already registered")
+        self._cluster_callbacks[:] = [callback]
+        return callback
+
+    @staticmethod
+    def cluster_key(cluster_id: str) -> RecordKey:
+        """The key of the cluster record with this id."""
+        return cluster_key(cluster_id)

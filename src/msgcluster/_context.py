@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from ._settings import Settings
 
-__all__ = ["Context", "QueueInfo", "iso_now"]
+__all__ = ["Context", "GlobalsCache", "QueueInfo", "iso_now"]
 
 
 def iso_now() -> str:
@@ -58,6 +58,14 @@ class Context:
         self.table = settings.table
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
         self._queues: dict[str, QueueInfo] = {}
+        # Cluster globals by S3 key: (ETag, bytes), revalidated with IfNoneMatch.
+        self.globals_cache: GlobalsCache = GlobalsCache()
+        # cluster id -> "may be final" as last seen by this process: lets
+        # on_cluster_complete skip a read for clusters known to be running.
+        self.cluster_hints: Hints = Hints()
+        # Completion callbacks registered with Client.register_cluster_callback.
+        self.cluster_callbacks: list[Any] = []
+        self.clock = time.time
 
     def expires_at(self) -> int:
         return int(time.time()) + self.settings.retention_days * 86_400
@@ -101,6 +109,53 @@ class Context:
 
     def forget_queue(self, url: str) -> None:
         self._queues.pop(url, None)
+
+
+class GlobalsCache:
+    """A small LRU of globals objects: S3 key -> (ETag, body).
+
+    Bounded in entries and in bytes per entry, so a process that touches many
+    clusters (or huge globals) keeps bounded memory.
+    """
+
+    def __init__(self, *, max_entries: int = 256, max_object_bytes: int = 1 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_object_bytes = max_object_bytes
+        self._items: dict[str, tuple[str, bytes]] = {}
+
+    def get(self, key: str) -> tuple[str, bytes] | None:
+        hit = self._items.pop(key, None)
+        if hit is not None:
+            self._items[key] = hit  # most recently used last
+        return hit
+
+    def put(self, key: str, etag: str, body: bytes) -> None:
+        self._items.pop(key, None)
+        if len(body) > self.max_object_bytes:
+            return
+        self._items[key] = (etag, body)
+        while len(self._items) > self.max_entries:
+            self._items.pop(next(iter(self._items)))
+
+    def discard(self, key: str) -> None:
+        self._items.pop(key, None)
+
+
+class Hints:
+    """A bounded map of flags (oldest dropped first)."""
+
+    def __init__(self, max_entries: int = 4_096) -> None:
+        self.max_entries = max_entries
+        self._items: dict[str, bool] = {}
+
+    def get(self, key: str) -> bool | None:
+        return self._items.get(key)
+
+    def put(self, key: str, value: bool) -> None:
+        self._items.pop(key, None)
+        self._items[key] = value
+        while len(self._items) > self.max_entries:
+            self._items.pop(next(iter(self._items)))
 
 
 def check_queue_url(url: Any) -> str:

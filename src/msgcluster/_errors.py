@@ -15,6 +15,10 @@
     │   └── PayloadNotLoadedError       body lives in S3: use ``await load_sqs_record``
     ├── RecordNotFoundError         no DynamoDB record for a key
     ├── BatchSendError              some entries of a batch send failed (carries the result)
+    ├── GlobalsConflictError        update_globals lost every compare-and-swap race
+    ├── ClusterError                a cluster operation could not proceed
+    │   └── ClusterCreateError      creation stopped part-way: resume with its cluster_id
+    ├── CallbackError               a completion callback raised (recorded, retried)
     └── AwsError                    an AWS call failed (``code``, ``operation``)
         ├── ResourceNotFoundError
         │   ├── QueueNotFoundError
@@ -52,9 +56,13 @@ __all__ = [
     "BatchSendError",
     "BodyDecodeError",
     "BucketNotFoundError",
+    "CallbackError",
+    "ClusterCreateError",
+    "ClusterError",
     "ConditionFailedError",
     "ConfigurationError",
     "EnvelopeError",
+    "GlobalsConflictError",
     "InvalidKeyError",
     "MalformedEventError",
     "MessageTooLargeError",
@@ -140,6 +148,46 @@ class BatchSendError(MsgclusterError):
     def __init__(self, message: str, result: BatchSendResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+class GlobalsConflictError(MsgclusterError):
+    """``update_globals`` gave up: other writers changed the cluster's globals
+    between every read and write, for ``max_attempts`` attempts.
+
+    Nothing was written by the failed call. The update function may have run
+    several times (once per attempt); retrying later, or with a larger
+    ``max_attempts``, is safe.
+    """
+
+
+class ClusterError(MsgclusterError):
+    """A message-cluster operation could not proceed (``cluster_id`` says which)."""
+
+    def __init__(self, message: str, *, cluster_id: str = "") -> None:
+        super().__init__(message)
+        self.cluster_id = cluster_id
+
+
+class ClusterCreateError(ClusterError):
+    """``create_message_cluster`` stopped part-way; everything written is kept.
+
+    Call it again with ``cluster_id=error.cluster_id`` and the same tasks to
+    resume: tasks already sent are not written again.
+    """
+
+
+class CallbackError(MsgclusterError):
+    """A cluster's completion callback raised. The failure is recorded on the
+    cluster (``callbackError``); ``final`` is True once ``callbackStatus`` is
+    ERROR (attempts exhausted), else the callback will be retried."""
+
+    def __init__(
+        self, message: str, *, cluster_id: str = "", attempts: int = 0, final: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.cluster_id = cluster_id
+        self.attempts = attempts
+        self.final = final
 
 
 class AwsError(MsgclusterError):

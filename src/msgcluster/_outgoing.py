@@ -8,7 +8,7 @@ and the envelope bytes, so the send path does no further encoding.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -20,7 +20,10 @@ from ._schemas import (
     MessageRecord,
     OutgoingMessage,
     RecordKey,
+    RecordType,
     S3Pointer,
+    Status,
+    StatusCode,
     new_message_key,
 )
 
@@ -82,20 +85,28 @@ class Prepared:
         self.group_id = group_id
         self.dedup_id = dedup_id
         self.pointer: S3Pointer | None = None
-        self.envelope = _encoder.encode(
-            MessageEnvelope(pk=key.pk, rk=key.rk, url=url, body=msgspec.Raw(body))
-        )
+        self.envelope = self.encode_envelope(None)
 
     @property
     def size(self) -> int:
         """Bytes SQS counts against its limits: body plus message attributes."""
         return len(self.envelope) + self.attributes_size
 
+    def encode_envelope(self, pointer: S3Pointer | None) -> bytes:
+        """The wire body: the body inline, or a pointer to where it was offloaded."""
+        if pointer is not None:
+            envelope = MessageEnvelope(
+                pk=self.key.pk, rk=self.key.rk, url=self.url, body_s3=pointer
+            )
+        else:
+            envelope = MessageEnvelope(
+                pk=self.key.pk, rk=self.key.rk, url=self.url, body=msgspec.Raw(self.body)
+            )
+        return _encoder.encode(envelope)
+
     def offload_to(self, pointer: S3Pointer) -> None:
         self.pointer = pointer
-        self.envelope = _encoder.encode(
-            MessageEnvelope(pk=self.key.pk, rk=self.key.rk, url=self.url, body_s3=pointer)
-        )
+        self.envelope = self.encode_envelope(pointer)
 
     def sqs_fields(self) -> dict[str, Any]:
         """Keyword arguments shared by SendMessage and a SendMessageBatch entry."""
@@ -176,8 +187,18 @@ def prepare(
     index: int,
     message: OutgoingMessage,
     now: str,
+    *,
+    key: tuple[str, RecordKey] | None = None,
+    record_type: RecordType = RecordType.MESSAGE,
+    keep_body: bool = True,
+    factory: Callable[..., Prepared] = Prepared,
 ) -> Prepared:
-    """Validate one outgoing message and build its record and envelope."""
+    """Validate one outgoing message and build its record and envelope.
+
+    Cluster tasks pass their deterministic ``key`` (id, RecordKey), their
+    record type, ``keep_body=False`` (a task's record stays small so counting
+    it costs 1 WCU) and a ``factory`` that builds the task envelope.
+    """
     settings = ctx.settings
     delay = message.delay_seconds
     if not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_SECONDS:
@@ -206,32 +227,41 @@ def prepare(
             f"message attributes take {attributes_size:,} bytes; with the envelope they "
             f"cannot fit in {settings.max_message_bytes:,}"
         )
-    ident, key = new_message_key()
+    ident, record_key = key or new_message_key()
     record = MessageRecord(
-        pk=key.pk,
-        rk=key.rk,
+        pk=record_key.pk,
+        rk=record_key.rk,
         id=ident,
         url=info.url,
+        type=record_type,
         meta=msgspec.json.decode(meta_bytes),
-        body=body.decode() if len(body) <= settings.record_body_bytes else None,
+        body=body.decode() if keep_body and len(body) <= settings.record_body_bytes else None,
         body_size=len(body),
         started_at=now,
         updated_at=now,
         expires_at=ctx.expires_at(),
     )
-    return Prepared(
+    return factory(
         index=index,
         ident=ident,
-        key=key,
+        key=record_key,
         url=info.url,
         body=body,
-        item=encode_item(record),
+        item=_with_status(encode_item(record)),
         attributes=attributes,
         attributes_size=attributes_size,
         delay_seconds=delay,
         group_id=message.group_id if info.fifo else None,
         dedup_id=(message.dedup_id or ident) if info.fifo else None,
     )
+
+
+def _with_status(item: dict[str, Any]) -> dict[str, Any]:
+    """Write the initial status explicitly (the codec omits defaults): conditions and
+    filters compare it, and the console shows it."""
+    item["status"] = {"S": Status.PRE_FLIGHT.value}
+    item["statusCode"] = {"N": str(int(StatusCode.PRE_FLIGHT))}
+    return item
 
 
 def needs_offload(ctx: Context, entry: Prepared) -> bool:

@@ -24,6 +24,7 @@ from ._payloads import EXTENDED_SIZE_ATTRIBUTES, fetch, parse_extended_pointer
 from ._schemas import (
     ENVELOPE_TYPES,
     NO_BODY,
+    ClusterEventEnvelope,
     Envelope,
     MessageEnvelope,
     MessageRecord,
@@ -34,6 +35,7 @@ from ._schemas import (
 )
 
 if TYPE_CHECKING:
+    from ._callbacks import ClusterView
     from ._context import Context
 
 __all__ = [
@@ -236,7 +238,27 @@ class ParsedRecord(Generic[B]):
 
     @property
     def type(self) -> RecordType:
-        return RecordType.TASK if isinstance(self.envelope, TaskEnvelope) else RecordType.MESSAGE
+        if isinstance(self.envelope, TaskEnvelope):
+            return RecordType.TASK
+        if isinstance(self.envelope, ClusterEventEnvelope):
+            return RecordType.CLUSTER
+        return RecordType.MESSAGE
+
+    @property
+    def cluster_key(self) -> RecordKey | None:
+        """The key of the cluster record, for a task or a cluster event; else None."""
+        if isinstance(self.envelope, ClusterEventEnvelope):
+            return RecordKey(self.envelope.pk, self.envelope.rk)
+        if isinstance(self.envelope, TaskEnvelope):
+            from ._clusterkeys import TaskRef
+
+            return TaskRef(self.key).cluster_key
+        return None
+
+    @property
+    def globals_pointer(self) -> S3Pointer | None:
+        """Where the cluster's globals live (tasks only): readable without the record."""
+        return self.envelope.globals_s3 if isinstance(self.envelope, TaskEnvelope) else None
 
     @property
     def receive_count(self) -> int:
@@ -257,8 +279,34 @@ class ParsedRecord(Generic[B]):
         return self._body  # type: ignore[no-any-return]
 
     @property
-    def get_message_cluster(self) -> Callable[..., Awaitable[Any]] | None:
-        return None  # clusters: their own issue
+    def get_message_cluster(self) -> Callable[..., Awaitable[ClusterView]] | None:
+        """For a task (or cluster event): ``await record.get_message_cluster()`` returns
+        ``(record, get_globals)``; None for a simple message."""
+        key = self.cluster_key
+        if key is None:
+            return None
+        ctx = self._ctx
+
+        async def get_message_cluster(consistent_read: bool = False) -> ClusterView:
+            from ._callbacks import ClusterView, globals_getter
+            from ._clusters import get_message_cluster as fetch
+
+            record = await fetch(ctx, key, consistent_read=consistent_read)
+            return ClusterView(record, globals_getter(ctx, record))
+
+        return get_message_cluster
+
+    async def get_globals(self, type: Any = Any) -> Any:
+        """A task's cluster globals, read straight from S3 (no DynamoDB read)."""
+        from ._globals import get_globals
+
+        pointer = self.globals_pointer
+        if pointer is None:
+            if self.cluster_key is None:
+                return None
+            view = await self.get_message_cluster()  # type: ignore[misc]
+            return await view.get_globals(type)
+        return await get_globals(self._ctx, pointer, type)
 
     async def get_message_record(self, consistent_read: bool = False) -> MessageRecord:
         from ._messages import get_message_record
@@ -290,10 +338,18 @@ def _from_envelope(
             return ParsedRecord(ctx, message, envelope, pointer=envelope.body_s3)
         raw = envelope.body if envelope.body != NO_BODY else msgspec.Raw(b"null")
         return ParsedRecord(ctx, message, envelope, decode_body(raw, body_type, message.id))
-    raise EnvelopeError(
-        f"message {message.id} is a cluster task; clusters are not supported yet",
-        message_id=message.id,
-    )
+    if isinstance(envelope, TaskEnvelope):
+        if not envelope.cluster_pk or "$shard$" not in envelope.pk:
+            raise EnvelopeError(
+                f"message {message.id} is a task envelope without a valid cluster key",
+                message_id=message.id,
+            )
+        if envelope.task_s3 is not None:
+            return ParsedRecord(ctx, message, envelope, pointer=envelope.task_s3)
+        raw = envelope.task if envelope.task != NO_BODY else msgspec.Raw(b"null")
+        task = decode_body(raw, body_type, message.id)
+        return ParsedRecord(ctx, message, envelope, task, task=task)
+    return ParsedRecord(ctx, message, envelope, None)
 
 
 async def resolve_extended(ctx: Context, message: SqsMessage) -> SqsMessage:
@@ -321,4 +377,6 @@ async def load(ctx: Context, record: object, body_type: Any) -> ParsedRecord[Any
     if parsed.pointer is not None:
         data = await fetch(ctx, parsed.pointer)
         parsed._body = decode_body(data, body_type, message.id)
+        if parsed.type is RecordType.TASK:
+            parsed.task = parsed._body
     return parsed

@@ -17,6 +17,8 @@ from ._errors import InvalidKeyError
 
 __all__ = [
     "KEY_PREFIX",
+    "CallbackStatus",
+    "ClusterEventEnvelope",
     "Envelope",
     "ErrorEntry",
     "MessageClusterRecord",
@@ -26,6 +28,7 @@ __all__ = [
     "RecordKey",
     "RecordType",
     "S3Pointer",
+    "ShardRecord",
     "Status",
     "StatusCode",
     "Task",
@@ -157,11 +160,26 @@ class Task(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     status: Status | None = None
 
 
+class CallbackStatus(enum.StrEnum):
+    """State of a cluster's completion callback (claimed with a lease)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+
 class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
-    """The record of a message cluster (progress counters, no task arrays)."""
+    """The record of a message cluster: progress counters, never task arrays.
+
+    ``completed`` / ``failed`` are the sums over the cluster's shard counters
+    when read with :meth:`Client.get_message_cluster`; on the stored item they
+    only include closed shards.
+    """
 
     pk: str
     rk: str
+    id: str = ""
     url: str
     type: RecordType = RecordType.CLUSTER
     status: Status = Status.PRE_FLIGHT
@@ -170,11 +188,23 @@ class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_de
     total: int = 0
     completed: int = 0
     failed: int = 0
+    # Shards written so far / still open; ``sealed`` once every task was sent.
+    shards: int = 0
+    shards_open: int = 0
+    sealed: bool = False
+    tolerated_failures: int = 0
+    tolerated_failure_rate: float = 0.0
+    completion_queue_url: str | None = None
     globals_bucket: str | None = None
     globals_key: str | None = None
+    callback_status: CallbackStatus | None = None
+    callback_attempts: int = 0
+    callback_error: str | None = None
+    callback_at: str | None = None
     started_at: str
     updated_at: str
     completed_at: str | None = None
+    cancelled_at: str | None = None
     expires_at: int
     error: list[ErrorEntry] = []
 
@@ -185,6 +215,35 @@ class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_de
     @property
     def in_progress(self) -> int:
         return max(self.total - self.completed - self.failed, 0)
+
+    @property
+    def done(self) -> bool:
+        """True once the cluster reached a final state (complete, error or cancelled)."""
+        return self.status_code >= StatusCode.COMPLETE
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status_code == StatusCode.STOPPED
+
+    @property
+    def globals_pointer(self) -> S3Pointer | None:
+        if self.globals_bucket and self.globals_key:
+            return S3Pointer(bucket=self.globals_bucket, key=self.globals_key)
+        return None
+
+
+class ShardRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """One progress shard of a cluster: counters for a block of tasks."""
+
+    pk: str
+    rk: str
+    total: int = 0
+    pending: int = 0
+    done: int = 0
+    failed_count: int = 0
+    sealed: bool = False
+    closed_at: str | None = None
+    expires_at: int = 0
 
 
 # msgspec cannot decode ``Raw | None``; an empty Raw marks "absent" instead.
@@ -221,13 +280,25 @@ class TaskEnvelope(
     rk: str
     url: str = ""
     task_id: str = ""
+    cluster_pk: str = ""
     task: msgspec.Raw = NO_BODY
     task_s3: S3Pointer | None = None
     globals_s3: S3Pointer | None = None
 
 
-Envelope = MessageEnvelope | TaskEnvelope
-ENVELOPE_TYPES: Final = ("message", "task")
+class ClusterEventEnvelope(
+    msgspec.Struct, tag="cluster", tag_field="type", rename="camel", omit_defaults=True
+):
+    """Wire body of a cluster's durable completion event (key of the cluster record)."""
+
+    pk: str
+    rk: str
+    url: str = ""
+    event: str = "complete"
+
+
+Envelope = MessageEnvelope | TaskEnvelope | ClusterEventEnvelope
+ENVELOPE_TYPES: Final = ("message", "task", "cluster")
 
 
 class OutgoingMessage(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -1,0 +1,422 @@
+"""Creating a message cluster: streamed, resumable, record before send.
+
+Order of effects: cluster record (PRE FLIGHT) -> globals in S3 -> per block
+of ``SHARD_SIZE`` tasks: task records (BatchWriteItem) -> SendMessageBatch ->
+seal the block's shard -> finally seal the cluster (IN PROGRESS, total).
+
+A sealed shard is the checkpoint: every task of its block was sent. A
+creation that stopped part-way is resumed by calling again with the same
+``cluster_id`` and the same tasks: sealed blocks are skipped, and in the
+first unsealed block only tasks without a record are written and only
+records still PRE FLIGHT are sent. Whether the send of that one block
+reached SQS before the crash is unknowable, so on a standard queue a resume
+may deliver those tasks twice (counting stays exact: completion is
+conditional); FIFO queues deduplicate them by task id.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterable, Iterable, Mapping, Sized
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from . import _payloads
+from ._batching import gather_limited, iter_chunks, pack_by_size
+from ._clusterkeys import SHARD_SIZE, cluster_key, shard_key, task_key
+from ._context import iso_now
+from ._dynamo import batch_get, batch_write, key_attrs
+from ._errors import (
+    ClusterCreateError,
+    ConditionFailedError,
+    MetaTooLargeError,
+    MsgclusterError,
+    ValidationError,
+    aws_errors,
+)
+from ._fanin import close_shard, maybe_flip
+from ._itemcodec import decode_item, encode_item
+from ._messages import SEND_BATCH_MAX, _send_group
+from ._outgoing import Prepared, encode_json, needs_offload, prepare
+from ._schemas import (
+    MessageClusterRecord,
+    OutgoingMessage,
+    RecordKey,
+    RecordType,
+    S3Pointer,
+    ShardRecord,
+    Status,
+    StatusCode,
+    TaskEnvelope,
+)
+
+if TYPE_CHECKING:
+    from ._context import Context, QueueInfo
+
+__all__ = ["create_message_cluster"]
+
+_encoder: Final = msgspec.json.Encoder()
+_CLUSTER_ID: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class PreparedTask(Prepared):
+    """A task entry: its envelope carries the cluster key and the globals location."""
+
+    __slots__ = ("cluster_pk", "globals_s3")
+
+    def __init__(self, *, cluster_pk: str, globals_s3: S3Pointer | None, **kw: Any) -> None:
+        self.cluster_pk = cluster_pk
+        self.globals_s3 = globals_s3
+        super().__init__(**kw)
+
+    def encode_envelope(self, pointer: S3Pointer | None) -> bytes:
+        envelope = TaskEnvelope(
+            pk=self.key.pk,
+            rk=self.key.rk,
+            url=self.url,
+            task_id=self.ident,
+            cluster_pk=self.cluster_pk,
+            task=msgspec.Raw(self.body) if pointer is None else msgspec.Raw(b""),
+            task_s3=pointer,
+            globals_s3=self.globals_s3,
+        )
+        return _encoder.encode(envelope)
+
+
+def _check_args(
+    tasks: object,
+    cluster_id: str | None,
+    tolerated_failures: int,
+    tolerated_failure_rate: float,
+) -> str:
+    if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Iterable | AsyncIterable):
+        raise ValidationError(
+            "tasks must be an iterable or async iterable of tasks (one item per task), "
+            f"got {type(tasks).__name__}"
+        )
+    if not isinstance(tolerated_failures, int) or tolerated_failures < 0:
+        raise ValidationError("tolerated_failures must be an int >= 0")
+    if not isinstance(tolerated_failure_rate, int | float) or not (
+        0.0 <= tolerated_failure_rate <= 1.0
+    ):
+        raise ValidationError("tolerated_failure_rate must be a number in 0.0..1.0")
+    if cluster_id is None:
+        return str(uuid.uuid4())
+    if not isinstance(cluster_id, str) or not _CLUSTER_ID.match(cluster_id):
+        raise ValidationError(
+            f"cluster_id must be 1-128 characters of [A-Za-z0-9_.-], got {cluster_id!r:.200}"
+        )
+    return cluster_id
+
+
+async def create_message_cluster(
+    ctx: Context,
+    url: str,
+    tasks: Iterable[Any] | AsyncIterable[Any],
+    meta: Any = None,
+    globals: Any = None,
+    omit_globals: bool = False,
+    *,
+    cluster_id: str | None = None,
+    tolerated_failures: int = 0,
+    tolerated_failure_rate: float = 0.0,
+    completion_queue_url: str | None = None,
+) -> RecordKey:
+    cid = _check_args(tasks, cluster_id, tolerated_failures, tolerated_failure_rate)
+    info = await ctx.queue_info(url)
+    if completion_queue_url is not None:
+        await ctx.queue_info(completion_queue_url)
+    meta_bytes = encode_json(meta, "meta")
+    if len(meta_bytes) > ctx.settings.max_meta_bytes:
+        raise MetaTooLargeError(
+            f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
+        )
+    ckey = cluster_key(cid)
+    existing = await _get(ctx, ckey) if cluster_id is not None else None
+    if existing is not None:
+        record = decode_item(existing, MessageClusterRecord)
+        if record.url != url:
+            raise ValidationError(
+                f"cluster {cid} exists for queue {record.url}, not {url}; a resume must use "
+                "the same queue"
+            )
+        if record.sealed:
+            await maybe_flip(ctx, cid)
+            return ckey
+    pointer = None
+    if not omit_globals:
+        from ._globals import create_globals
+
+        pointer = await create_globals(ctx, cid, globals)
+    if existing is None:
+        total = len(tasks) if isinstance(tasks, Sized) else 0
+        existing = await _put_cluster(
+            ctx, cid, info, meta_bytes, pointer, total, tolerated_failures,
+            float(tolerated_failure_rate), completion_queue_url,
+        )  # fmt: skip
+    resume = existing is not None
+    creator = _Creator(ctx, info, cid, ckey, pointer, resume=resume)
+    try:
+        total = await creator.run(tasks)
+    except ClusterCreateError:
+        raise
+    except MsgclusterError as exc:
+        raise ClusterCreateError(
+            f"creating cluster {cid} stopped after {creator.sent:,} task(s): {exc}; everything "
+            f"written is kept: call create_message_cluster again with cluster_id={cid!r} and the "
+            "same tasks to resume",
+            cluster_id=cid,
+        ) from exc
+    await _seal_cluster(ctx, cid, total, creator.shards)
+    return ckey
+
+
+async def _get(ctx: Context, key: RecordKey) -> dict[str, Any] | None:
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.get_item(
+            TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ConsistentRead=True
+        )
+    item: dict[str, Any] | None = response.get("Item")
+    return item
+
+
+async def _put_cluster(
+    ctx: Context,
+    cid: str,
+    info: QueueInfo,
+    meta_bytes: bytes,
+    pointer: S3Pointer | None,
+    total: int,
+    tolerated_failures: int,
+    tolerated_failure_rate: float,
+    completion_queue_url: str | None,
+) -> dict[str, Any] | None:
+    """Write the PRE FLIGHT cluster record; the existing item if one won a race."""
+    now = iso_now()
+    key = cluster_key(cid)
+    record = MessageClusterRecord(
+        pk=key.pk,
+        rk=key.rk,
+        id=cid,
+        url=info.url,
+        meta=msgspec.json.decode(meta_bytes),
+        total=total,
+        tolerated_failures=tolerated_failures,
+        tolerated_failure_rate=tolerated_failure_rate,
+        completion_queue_url=completion_queue_url,
+        globals_bucket=pointer.bucket if pointer else None,
+        globals_key=pointer.key if pointer else None,
+        started_at=now,
+        updated_at=now,
+        expires_at=ctx.expires_at(),
+    )
+    try:
+        with aws_errors(resource=ctx.table):
+            await ctx.ddb.put_item(
+                TableName=ctx.table,
+                Item=encode_item(record)
+                | {
+                    "status": {"S": Status.PRE_FLIGHT.value},
+                    "statusCode": {"N": str(int(StatusCode.PRE_FLIGHT))},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+    except ConditionFailedError:
+        return await _get(ctx, key)
+    return None
+
+
+class _Creator:
+    """Streams the tasks block by block; one block = one shard."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        info: QueueInfo,
+        cid: str,
+        ckey: RecordKey,
+        pointer: S3Pointer | None,
+        *,
+        resume: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.info = info
+        self.cid = cid
+        self.ckey = ckey
+        self.pointer = pointer
+        self.resume = resume
+        self.sent = 0
+        self.shards = 0
+        self.factory = partial(PreparedTask, cluster_pk=ckey.pk, globals_s3=pointer)
+
+    async def run(self, tasks: Iterable[Any] | AsyncIterable[Any]) -> int:
+        total = 0
+        async for block in iter_chunks(tasks, SHARD_SIZE):
+            shard = total // SHARD_SIZE
+            await self._block(shard, total, block)
+            total += len(block)
+            self.shards = shard + 1
+        return total
+
+    async def _block(self, shard: int, start: int, block: list[Any]) -> None:
+        ctx = self.ctx
+        if self.resume:
+            item = await _get(ctx, shard_key(self.cid, shard))
+            if item is not None and decode_item(item, ShardRecord).sealed:
+                record = decode_item(item, ShardRecord)
+                if record.pending <= 0 and record.closed_at is None:
+                    await close_shard(ctx, self.cid, shard, record)
+                self.sent += len(block)
+                return
+        now = iso_now()
+        entries = [self._prepare(start + offset, task, now) for offset, task in enumerate(block)]
+        to_write, to_send = entries, entries
+        if self.resume:
+            to_write, to_send = await self._left_to_do(entries)
+        await self._offload(to_send)
+        if to_write:
+            requests = [{"PutRequest": {"Item": entry.item}} for entry in to_write]
+            failures = await batch_write(ctx, requests)
+            if failures:
+                raise failures[0].error
+        await self._send(to_send)
+        self.sent += len(block)
+        await self._seal_shard(shard, len(block))
+
+    def _prepare(self, index: int, task: Any, now: str) -> Prepared:
+        outgoing = task if isinstance(task, OutgoingMessage) else OutgoingMessage(body=task)
+        if self.info.fifo and outgoing.group_id is None:
+            # One group per task: no ordering between tasks, full parallelism.
+            outgoing = msgspec.structs.replace(outgoing, group_id=f"{self.cid}:{index}")
+        key = task_key(self.cid, index)
+        try:
+            return prepare(
+                self.ctx,
+                self.info,
+                index,
+                outgoing,
+                now,
+                key=(f"{self.cid}:{index}", key),
+                record_type=RecordType.TASK,
+                keep_body=False,
+                factory=self.factory,
+            )
+        except ValidationError as exc:
+            raise ClusterCreateError(
+                f"task {index} of cluster {self.cid} is invalid: {exc}; tasks before it were "
+                f"sent - fix it and call again with cluster_id={self.cid!r} to resume",
+                cluster_id=self.cid,
+            ) from exc
+
+    async def _left_to_do(self, entries: list[Prepared]) -> tuple[list[Prepared], list[Prepared]]:
+        """On resume: records to write (missing) and messages to send (still PRE FLIGHT)."""
+        found = await batch_get(
+            self.ctx,
+            [(entry.key.pk, entry.key.rk) for entry in entries],
+            consistent_read=True,
+            projection="pk, rk, #s",
+            names={"#s": "status"},
+        )
+        to_write, to_send = [], []
+        for entry in entries:
+            item = found.get((entry.key.pk, entry.key.rk))
+            if item is None:
+                to_write.append(entry)
+                to_send.append(entry)
+            elif item.get("status", {}).get("S") == Status.PRE_FLIGHT.value:
+                to_send.append(entry)
+        return to_write, to_send
+
+    async def _offload(self, entries: list[Prepared]) -> None:
+        large = [entry for entry in entries if needs_offload(self.ctx, entry)]
+
+        async def offload(entry: Prepared) -> None:
+            entry.offload_to(await _payloads.store(self.ctx, entry.ident, entry.body))
+
+        await gather_limited(self.ctx.limiter, [partial(offload, entry) for entry in large])
+
+    async def _send(self, entries: list[Prepared]) -> None:
+        groups = pack_by_size(
+            entries,
+            max_count=SEND_BATCH_MAX,
+            max_bytes=self.ctx.settings.max_batch_bytes,
+            size_of=lambda entry: entry.size,
+        )
+        calls = [partial(_send_group, self.ctx, self.info.url, group) for group in groups]
+        for outcomes in await gather_limited(self.ctx.limiter, calls):
+            for entry, outcome in outcomes:
+                if not isinstance(outcome, str):
+                    raise ClusterCreateError(
+                        f"task {entry.index} of cluster {self.cid} could not be sent: "
+                        f"{outcome.code}: {outcome.message}; its record is kept: call again "
+                        f"with cluster_id={self.cid!r} to resume",
+                        cluster_id=self.cid,
+                    )
+
+    async def _seal_shard(self, shard: int, count: int) -> None:
+        """Every task of the block was sent: let the shard count down to closure."""
+        key = shard_key(self.cid, shard)
+        try:
+            with aws_errors(resource=self.ctx.table):
+                response = await self.ctx.ddb.update_item(
+                    TableName=self.ctx.table,
+                    Key=key_attrs(key.pk, key.rk),
+                    UpdateExpression=(
+                        "ADD pending :n, done :zero, failedCount :zero "
+                        "SET sealed = :t, #total = :n, "
+                        "expiresAt = if_not_exists(expiresAt, :exp)"
+                    ),
+                    ConditionExpression="attribute_not_exists(sealed)",
+                    ExpressionAttributeNames={"#total": "total"},
+                    ExpressionAttributeValues={
+                        ":n": {"N": str(count)},
+                        ":zero": {"N": "0"},
+                        ":t": {"BOOL": True},
+                        ":exp": {"N": str(self.ctx.expires_at())},
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+        except ConditionFailedError:
+            item = await _get(self.ctx, key)  # sealed by an earlier try of this block
+            if item is None:
+                return
+            record = decode_item(item, ShardRecord)
+        else:
+            record = decode_item(response["Attributes"], ShardRecord)  # type: ignore[arg-type]
+        if record.pending <= 0 and record.closed_at is None:
+            # Consumers counted the whole block before it was sealed.
+            await close_shard(self.ctx, self.cid, shard, record)
+
+
+async def _seal_cluster(ctx: Context, cid: str, total: int, shards: int) -> None:
+    key = cluster_key(cid)
+    try:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.update_item(
+                TableName=ctx.table,
+                Key=key_attrs(key.pk, key.rk),
+                UpdateExpression=(
+                    "SET sealed = :t, #total = :total, shards = :shards, #s = :s, "
+                    "statusCode = :c, updatedAt = :now ADD shardsOpen :shards"
+                ),
+                ConditionExpression="attribute_not_exists(sealed) AND statusCode <> :stopped",
+                ExpressionAttributeNames={"#s": "status", "#total": "total"},
+                ExpressionAttributeValues={
+                    ":t": {"BOOL": True},
+                    ":total": {"N": str(total)},
+                    ":shards": {"N": str(shards)},
+                    ":s": {"S": Status.IN_PROGRESS.value},
+                    ":c": {"N": str(int(StatusCode.IN_PROGRESS))},
+                    ":now": {"S": iso_now()},
+                    ":stopped": {"N": str(int(StatusCode.STOPPED))},
+                },
+                ReturnValues="ALL_NEW",
+            )
+    except ConditionFailedError:
+        await maybe_flip(ctx, cid)  # sealed before (resume) or cancelled
+        return
+    if int(response["Attributes"]["shardsOpen"]["N"]) <= 0:
+        await maybe_flip(ctx, cid)

@@ -1,0 +1,99 @@
+"""Where a cluster's items live in the table.
+
+- cluster record: pk ``SQSMessage$<cid>``, rk ``SQSMessage$cluster``;
+- shard ``k``: pk ``SQSMessage$<cid>$shard$<k>``, rk ``SQSMessage$shard``;
+- task ``i``: under its shard's pk, rk ``SQSMessage$task$<i:010d>``.
+
+Task ``i`` belongs to shard ``i // SHARD_SIZE``. Ids are deterministic, so a
+creation resumed with the same cluster id addresses the same items; tasks of
+one shard share a partition, so a shard's task list is one Query (no Scan),
+and a receive batch (SQS returns roughly in send order) touches one or two
+shards.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._errors import InvalidKeyError
+from ._schemas import KEY_PREFIX, RecordKey
+
+__all__ = [
+    "CLUSTER_SORT_KEY",
+    "SHARD_SIZE",
+    "SHARD_SORT_KEY",
+    "TASK_SORT_PREFIX",
+    "TaskRef",
+    "cluster_id_of",
+    "cluster_key",
+    "shard_key",
+    "task_key",
+]
+
+# Tasks per shard. A shard counter takes one transactional write per receive
+# batch (~10 tasks), so one shard sustains ~5,000 tasks/s even at DynamoDB's
+# 1,000 WCU/s per partition; shards fill and drain one after another.
+SHARD_SIZE: Final = 1_000
+CLUSTER_SORT_KEY: Final = f"{KEY_PREFIX}cluster"
+SHARD_SORT_KEY: Final = f"{KEY_PREFIX}shard"
+TASK_SORT_PREFIX: Final = f"{KEY_PREFIX}task$"
+_SHARD_MARK: Final = "$shard$"
+
+
+def cluster_key(cluster_id: str) -> RecordKey:
+    return RecordKey(f"{KEY_PREFIX}{cluster_id}", CLUSTER_SORT_KEY)
+
+
+def shard_key(cluster_id: str, shard: int) -> RecordKey:
+    return RecordKey(f"{KEY_PREFIX}{cluster_id}{_SHARD_MARK}{shard}", SHARD_SORT_KEY)
+
+
+def task_key(cluster_id: str, index: int) -> RecordKey:
+    return RecordKey(
+        shard_key(cluster_id, index // SHARD_SIZE).pk, f"{TASK_SORT_PREFIX}{index:010d}"
+    )
+
+
+def cluster_id_of(key: object) -> str:
+    """The cluster id in a cluster, shard or task key (or a bare id)."""
+    if isinstance(key, str) and not key.startswith(KEY_PREFIX):
+        return key
+    pk = key if isinstance(key, str) else RecordKey.of(key).pk
+    ident = pk[len(KEY_PREFIX) :].split(_SHARD_MARK, 1)[0]
+    if not ident:
+        raise InvalidKeyError(f"not a cluster key: {pk!r}")
+    return ident
+
+
+class TaskRef:
+    """A task addressed by key: its cluster, shard and index."""
+
+    __slots__ = ("cluster_id", "index", "key", "shard")
+
+    def __init__(self, key: RecordKey) -> None:
+        pk, rk = key.pk, key.rk
+        if _SHARD_MARK not in pk or not rk.startswith(TASK_SORT_PREFIX):
+            raise InvalidKeyError(f"not a cluster task key: {pk!r} / {rk!r}")
+        ident, _, shard = pk[len(KEY_PREFIX) :].partition(_SHARD_MARK)
+        try:
+            self.shard = int(shard)
+            self.index = int(rk[len(TASK_SORT_PREFIX) :])
+        except ValueError as exc:
+            raise InvalidKeyError(f"not a cluster task key: {pk!r} / {rk!r}") from exc
+        self.cluster_id = ident
+        self.key = key
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.cluster_id}:{self.index}"
+
+    @property
+    def shard_key(self) -> RecordKey:
+        return shard_key(self.cluster_id, self.shard)
+
+    @property
+    def cluster_key(self) -> RecordKey:
+        return cluster_key(self.cluster_id)
+
+    def __repr__(self) -> str:
+        return f"TaskRef({self.task_id!r})"

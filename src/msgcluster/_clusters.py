@@ -1,0 +1,302 @@
+"""Reading and steering clusters: progress, task lists, meta, cancel, redrive, callbacks."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from ._batching import chunked
+from ._callbacks import ClusterCallback, run_callback
+from ._clusterkeys import (
+    SHARD_SIZE,
+    TASK_SORT_PREFIX,
+    cluster_id_of,
+    cluster_key,
+    shard_key,
+)
+from ._context import iso_now
+from ._dynamo import batch_get, key_attrs
+from ._errors import (
+    ClusterError,
+    ConditionFailedError,
+    MetaTooLargeError,
+    RecordNotFoundError,
+    ValidationError,
+    aws_errors,
+)
+from ._itemcodec import decode_item, to_attr
+from ._outgoing import encode_json
+from ._records import ParsedRecord
+from ._schemas import (
+    MessageClusterRecord,
+    MessageRecord,
+    ShardRecord,
+    Status,
+    StatusCode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    from ._context import Context
+
+__all__ = [
+    "cancel_message_cluster",
+    "cluster_id_from",
+    "get_message_cluster",
+    "iter_cluster_tasks",
+    "on_cluster_complete",
+    "redrive_failed",
+    "update_message_cluster",
+]
+
+log = logging.getLogger("msgcluster")
+
+_UNSET: Final = object()
+INCOMPLETE: Final = frozenset({Status.PRE_FLIGHT, Status.IN_PROGRESS})
+
+
+def cluster_id_from(key: object) -> str:
+    """A cluster id from a cluster key, a task / event record, a task key or an id."""
+    if isinstance(key, ParsedRecord):
+        ckey = key.cluster_key
+        if ckey is None:
+            raise ValidationError(f"message {key.id} is not a cluster task or cluster event")
+        return cluster_id_of(ckey)
+    if isinstance(key, MessageClusterRecord):
+        return key.id or cluster_id_of(key.key)
+    return cluster_id_of(key)
+
+
+async def _get_cluster_item(ctx: Context, cid: str, consistent_read: bool) -> dict[str, Any]:
+    key = cluster_key(cid)
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.get_item(
+            TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ConsistentRead=consistent_read
+        )
+    item: dict[str, Any] | None = response.get("Item")
+    if item is None:
+        raise RecordNotFoundError(f"no cluster {cid} (never created, or expired)")
+    return item
+
+
+def _shard_count(record: MessageClusterRecord) -> int:
+    """Shards that may hold tasks: all of them once sealed, else those written plus
+    the block being written now."""
+    if record.sealed:
+        return record.shards
+    known = max(record.shards, -(-record.total // SHARD_SIZE))
+    return known + 1
+
+
+async def get_message_cluster(
+    ctx: Context, key: object, *, consistent_read: bool = False
+) -> MessageClusterRecord:
+    """The cluster record with live progress (summed over its shard counters)."""
+    cid = cluster_id_from(key)
+    record = decode_item(await _get_cluster_item(ctx, cid, consistent_read), MessageClusterRecord)
+    if record.done and record.shards_open <= 0 and record.sealed:
+        return record  # every shard closed: the record's counts are final
+    shards = _shard_count(record)
+    found = await batch_get(
+        ctx,
+        [(shard_key(cid, k).pk, shard_key(cid, k).rk) for k in range(shards)],
+        consistent_read=consistent_read,
+    )
+    completed = failed = 0
+    for item in found.values():
+        shard = decode_item(item, ShardRecord)
+        completed += shard.done
+        failed += shard.failed_count
+    return msgspec.structs.replace(record, completed=completed, failed=failed)
+
+
+async def iter_cluster_tasks(
+    ctx: Context,
+    key: object,
+    statuses: Iterable[Status | str] | None = None,
+    *,
+    consistent_read: bool = False,
+    page_size: int = 500,
+) -> AsyncIterator[MessageRecord]:
+    """Task records of a cluster in task order, optionally only some statuses.
+
+    One paginated Query per shard partition (no Scan, no arrays).
+    """
+    cid = cluster_id_from(key)
+    record = decode_item(await _get_cluster_item(ctx, cid, consistent_read), MessageClusterRecord)
+    wanted = [Status(s) for s in statuses] if statuses is not None else None
+    for shard in range(_shard_count(record)):
+        pk = shard_key(cid, shard).pk
+        request: dict[str, Any] = {
+            "TableName": ctx.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(rk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":prefix": {"S": TASK_SORT_PREFIX}},
+            "ConsistentRead": consistent_read,
+            "Limit": page_size,
+        }
+        if wanted:
+            names = [f":s{i}" for i in range(len(wanted))]
+            request["FilterExpression"] = f"#s IN ({', '.join(names)})"
+            request["ExpressionAttributeNames"] = {"#s": "status"}
+            for name, status in zip(names, wanted, strict=True):
+                request["ExpressionAttributeValues"][name] = {"S": status.value}
+        while True:
+            with aws_errors(resource=ctx.table):
+                response = await ctx.ddb.query(**request)
+            for item in response.get("Items", []):
+                yield decode_item(item, MessageRecord)  # type: ignore[arg-type]
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                break
+            request["ExclusiveStartKey"] = last
+
+
+async def update_message_cluster(
+    ctx: Context, key: object, *, meta: Any = _UNSET
+) -> MessageClusterRecord:
+    """Replace the cluster's ``meta`` (never creates a cluster)."""
+    cid = cluster_id_from(key)
+    ckey = cluster_key(cid)
+    names = {"#u": "updatedAt"}
+    values: dict[str, Any] = {":now": {"S": iso_now()}}
+    sets = ["#u = :now"]
+    if meta is not _UNSET:
+        meta_bytes = encode_json(meta, "meta")
+        if len(meta_bytes) > ctx.settings.max_meta_bytes:
+            raise MetaTooLargeError(
+                f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
+            )
+        names["#m"] = "meta"
+        values[":m"] = to_attr(msgspec.json.decode(meta_bytes))
+        sets.append("#m = :m")
+    try:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.update_item(
+                TableName=ctx.table,
+                Key=key_attrs(ckey.pk, ckey.rk),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+    except ConditionFailedError as exc:
+        raise RecordNotFoundError(f"no cluster {cid}") from exc
+    return decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+
+
+async def cancel_message_cluster(ctx: Context, key: object) -> MessageClusterRecord:
+    """Stop a cluster: status code 500 (STOPPED). Consumers skip and acknowledge its
+    remaining tasks, and no completion callback runs. Idempotent."""
+    cid = cluster_id_from(key)
+    ckey = cluster_key(cid)
+    now = iso_now()
+    try:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.update_item(
+                TableName=ctx.table,
+                Key=key_attrs(ckey.pk, ckey.rk),
+                UpdateExpression=(
+                    "SET #s = :s, statusCode = :c, cancelledAt = :now, updatedAt = :now"
+                ),
+                ConditionExpression="attribute_exists(pk) AND statusCode IN (:c0, :c1)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":s": {"S": Status.ERROR.value},
+                    ":c": {"N": str(int(StatusCode.STOPPED))},
+                    ":now": {"S": now},
+                    ":c0": {"N": str(int(StatusCode.PRE_FLIGHT))},
+                    ":c1": {"N": str(int(StatusCode.IN_PROGRESS))},
+                },
+                ReturnValues="ALL_NEW",
+            )
+    except ConditionFailedError:
+        record = decode_item(await _get_cluster_item(ctx, cid, True), MessageClusterRecord)
+        if record.cancelled:
+            return record
+        raise ClusterError(
+            f"cluster {cid} is already {record.status.value}; only a running cluster can be "
+            "cancelled",
+            cluster_id=cid,
+        ) from None
+    return decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+
+
+async def on_cluster_complete(
+    ctx: Context,
+    key: object,
+    callback: ClusterCallback,
+    *,
+    lease_seconds: int = 300,
+    max_attempts: int = 5,
+) -> bool:
+    """Run ``callback(record, get_globals)`` if the cluster is final and its callback
+    has not run yet; True if it ran here.
+
+    Meant to be called after ``mark_complete`` by every consumer (as in the
+    documented system): only the process that finishes the cluster, or one that
+    consumes its completion event, does any AWS request; the others see from
+    what this process already knows that the cluster is still running.
+    """
+    cid = cluster_id_from(key)
+    is_event = isinstance(key, ParsedRecord) and key.type.value == "cluster"
+    if not is_event and ctx.cluster_hints.get(cid) is False:
+        return False
+    ran = await run_callback(
+        ctx, cid, callback, lease_seconds=lease_seconds, max_attempts=max_attempts
+    )
+    if not ran and not is_event and ctx.cluster_hints.get(cid) is None:
+        ctx.cluster_hints.put(cid, False)
+    return ran
+
+
+async def redrive_failed(ctx: Context, key: object) -> int:
+    """Send the failed (ERROR) tasks of a cluster again; returns how many.
+
+    Each task goes back to PRE FLIGHT and uncounted in one transaction with
+    its shard (and, if the shard was closed, the cluster, which is back IN
+    PROGRESS), then its stored message is sent again. The completion callback
+    runs again when the cluster completes again.
+    """
+    from ._redrive import redrive
+
+    cid = cluster_id_from(key)
+    record = decode_item(await _get_cluster_item(ctx, cid, True), MessageClusterRecord)
+    if not record.sealed:
+        raise ClusterError(f"cluster {cid} is still being created", cluster_id=cid)
+    if record.cancelled:
+        raise ClusterError(f"cluster {cid} was cancelled", cluster_id=cid)
+    count = 0
+    for shard in range(record.shards):
+        failed = await _failed_in_shard(ctx, cid, shard)
+        for chunk in chunked(failed, 90):
+            count += await redrive(ctx, cid, shard, list(chunk))
+    return count
+
+
+async def _failed_in_shard(ctx: Context, cid: str, shard: int) -> list[dict[str, Any]]:
+    pk = shard_key(cid, shard).pk
+    request: dict[str, Any] = {
+        "TableName": ctx.table,
+        "KeyConditionExpression": "pk = :pk AND begins_with(rk, :prefix)",
+        "FilterExpression": "#s = :error",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {
+            ":pk": {"S": pk},
+            ":prefix": {"S": TASK_SORT_PREFIX},
+            ":error": {"S": Status.ERROR.value},
+        },
+        "ConsistentRead": True,
+    }
+    items: list[dict[str, Any]] = []
+    while True:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.query(**request)
+        items.extend(response.get("Items", []))
+        last = response.get("LastEvaluatedKey")
+        if not last:
+            return items
+        request["ExclusiveStartKey"] = last

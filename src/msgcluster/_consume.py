@@ -1,0 +1,199 @@
+"""Consuming: completion checks, completion and failure for any kind of record.
+
+One entry point per operation, dispatching on what the record is: a simple
+message (its record is deleted on completion), a cluster task (counted once
+by the fan-in protocol, see ``_fanin``) or a cluster's completion event.
+Batch forms cost one request per AWS batch: one consistent BatchGetItem for
+a receive batch's completion check, one TransactWriteItems for its tasks.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from . import _messages, _payloads
+from ._batching import gather_limited
+from ._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef, cluster_key
+from ._context import iso_now
+from ._dynamo import batch_get
+from ._fanin import repair, settle_tasks
+from ._itemcodec import to_attr
+from ._schemas import CallbackStatus, ErrorEntry, MessageRecord, RecordKey, Status, StatusCode
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._context import Context
+    from ._records import SqsMessage
+
+__all__ = [
+    "Kind",
+    "is_complete_batch",
+    "kind_of",
+    "mark_complete_batch",
+    "mark_failed",
+]
+
+log = logging.getLogger("msgcluster")
+
+# A failed task's message is kept on its record for redrive_failed; above this
+# size it goes to S3 instead.
+MAX_INLINE_FAILED_BODY: Final = 65_536
+_DONE_TASK: Final = frozenset({Status.COMPLETE.value, Status.ERROR.value})
+_DONE_CALLBACK: Final = frozenset({CallbackStatus.DONE.value, CallbackStatus.ERROR.value})
+
+
+class Kind(enum.Enum):
+    MESSAGE = "message"
+    TASK = "task"
+    EVENT = "cluster"
+
+
+def kind_of(key: RecordKey) -> Kind:
+    if key.rk.startswith(TASK_SORT_PREFIX):
+        return Kind.TASK
+    if key.rk == CLUSTER_SORT_KEY:
+        return Kind.EVENT
+    return Kind.MESSAGE
+
+
+def _classify(records: Sequence[object]) -> list[tuple[RecordKey, SqsMessage | None, Kind]]:
+    out = []
+    for record in records:
+        key, message = _messages.record_key(record)
+        out.append((key, message, kind_of(key)))
+    return out
+
+
+async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[bool]:
+    """Per record: is its work done (skip it and acknowledge)?
+
+    - message: record COMPLETE or gone (deleted on completion);
+    - task: counted (COMPLETE / ERROR) or its cluster was cancelled; a task
+      found counted first repairs its shard (a consumer may have crashed
+      between counting and closing), so acknowledging it is safe;
+    - cluster event: the callback is done (or failed for good), or the
+      cluster is gone or cancelled.
+    """
+    classified = _classify(records)
+    wanted: list[tuple[str, str]] = []
+    for key, _, kind in classified:
+        wanted.append((key.pk, key.rk))
+        if kind is Kind.TASK:
+            ckey = TaskRef(key).cluster_key
+            wanted.append((ckey.pk, ckey.rk))
+    found = await batch_get(
+        ctx,
+        wanted,
+        consistent_read=True,
+        projection="pk, rk, #s, statusCode, callbackStatus",
+        names={"#s": "status"},
+    )
+    out: list[bool] = []
+    to_repair: set[tuple[str, int]] = set()
+    for key, _, kind in classified:
+        item = found.get((key.pk, key.rk))
+        status = item.get("status", {}).get("S") if item else None
+        if kind is Kind.MESSAGE:
+            out.append(item is None or status == Status.COMPLETE.value)
+        elif kind is Kind.EVENT:
+            code = int(item.get("statusCode", {}).get("N", "0")) if item else None
+            callback = item.get("callbackStatus", {}).get("S") if item else None
+            out.append(item is None or code == StatusCode.STOPPED or callback in _DONE_CALLBACK)
+        else:
+            ref = TaskRef(key)
+            cluster = found.get((ref.cluster_key.pk, ref.cluster_key.rk))
+            if cluster is None or int(cluster.get("statusCode", {}).get("N", "0")) == (
+                StatusCode.STOPPED
+            ):
+                out.append(True)  # cancelled (or gone): skip and acknowledge
+            elif item is None or status in _DONE_TASK:
+                to_repair.add((ref.cluster_id, ref.shard))
+                out.append(True)
+            else:
+                out.append(False)
+    for cid, shard in sorted(to_repair):
+        await repair(ctx, cid, shard)
+    return out
+
+
+async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[bool]:
+    """Complete every record; per record, True if this call completed it.
+
+    Tasks of the batch are counted in one transaction (per 90); messages'
+    records are deleted concurrently; a cluster event needs no completion.
+    """
+    classified = _classify(records)
+    out = [False] * len(classified)
+    message_calls = {
+        index: partial(_messages.mark_complete, ctx, key)
+        for index, (key, _, kind) in enumerate(classified)
+        if kind is Kind.MESSAGE
+    }
+    if message_calls:
+        results = await gather_limited(ctx.limiter, message_calls.values())
+        for index, result in zip(message_calls, results, strict=True):
+            out[index] = result
+    tasks = {
+        index: TaskRef(key) for index, (key, _, kind) in enumerate(classified) if kind is Kind.TASK
+    }
+    if tasks:
+        settled = await settle_tasks(ctx, list(tasks.values()))
+        for index, ref in tasks.items():
+            out[index] = ref.key in settled.counted
+        for cid in {ref.cluster_id for ref in tasks.values()}:
+            if cid not in settled.maybe_done and ctx.cluster_hints.get(cid) is not True:
+                ctx.cluster_hints.put(cid, False)
+    return out
+
+
+async def mark_failed(
+    ctx: Context, record: object, error: BaseException | str
+) -> MessageRecord | None:
+    """Record a failed attempt. A task on its last receive is counted as failed."""
+    key, message = _messages.record_key(record)
+    kind = kind_of(key)
+    if kind is Kind.EVENT:
+        log.warning("completion event of %s failed: %s", key.pk, error)
+        return None
+    if kind is Kind.MESSAGE:
+        return await _messages.mark_failed(ctx, record, error)
+    receive_count = message.receive_count if message is not None else 0
+    max_receives = await _messages._max_receives(ctx, record)
+    if max_receives is None or receive_count < max_receives:
+        return await _messages.mark_failed(ctx, record, error)
+    entry = ErrorEntry(
+        at=iso_now(),
+        message=(str(error) or type(error).__name__)[: _messages.MAX_ERROR_TEXT],
+        type="" if isinstance(error, str) else type(error).__name__,
+        receive_count=receive_count,
+    )
+    extra: dict[str, dict[str, Any]] = {
+        "error": {"L": [to_attr(msgspec.to_builtins(entry))]},
+        "consumptionCount": {"N": str(receive_count)},
+    }
+    if message is not None:
+        body = message.body.encode()
+        if len(body) <= MAX_INLINE_FAILED_BODY:
+            extra["failedBody"] = {"S": message.body}
+        else:
+            ref = TaskRef(key)
+            pointer = await _payloads.store(ctx, ref.task_id.replace(":", "-"), body, kind="failed")
+            extra["failedBodyS3"] = {
+                "M": {"bucket": {"S": pointer.bucket}, "key": {"S": pointer.key}}
+            }
+    ref = TaskRef(key)
+    await settle_tasks(ctx, [ref], outcome=Status.ERROR, extra={key: extra})
+    try:
+        return await _messages.get_message_record(ctx, key, consistent_read=True)
+    except Exception:
+        return None
+
+
+def cluster_key_of(key: RecordKey) -> RecordKey:
+    return TaskRef(key).cluster_key if kind_of(key) is Kind.TASK else cluster_key(key.pk)

@@ -1,0 +1,463 @@
+"""Fan-in: counting tasks exactly once, closing shards, flipping the cluster.
+
+Counting a receive batch is one TransactWriteItems:
+
+- each task: ``PRE FLIGHT | IN PROGRESS -> COMPLETE`` (or ``ERROR`` for a
+  task that exhausted its receives), conditional, so a task is counted once
+  whatever the duplicates, concurrency or retried requests;
+- each touched shard: ``ADD done/failedCount n, pending -n`` with the
+  condition ``attribute_not_exists(sealed) OR pending > :n``.
+
+DynamoDB conditions cannot do arithmetic, so "this batch empties the shard"
+is detected as the shard's condition failing (with every task condition
+holding): the transaction is retried without that condition, and then this
+caller closes the shard. Closing is one transaction too: mark the shard
+closed (sealed, pending = 0, not closed) and add its counts to the cluster,
+``ADD shardsOpen -1`` with the same trick to detect the last shard, whose
+closer flips the cluster to COMPLETE / ERROR with one conditional write and
+sends the durable completion event.
+
+Every step is conditional and idempotent; :func:`repair` re-runs the steps
+after a task is found already counted, so a crash between any two of them is
+repaired by the next delivery of any task of that shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from ._batching import Backoff, chunked
+from ._clusterkeys import TaskRef, cluster_key, shard_key
+from ._context import iso_now
+from ._dynamo import key_attrs
+from ._errors import (
+    AwsConnectionError,
+    ConditionFailedError,
+    MsgclusterError,
+    ThrottledError,
+    TransactionCanceledError,
+    aws_errors,
+)
+from ._itemcodec import decode_item
+from ._schemas import (
+    STATUS_CODES,
+    CallbackStatus,
+    ClusterEventEnvelope,
+    MessageClusterRecord,
+    RecordKey,
+    ShardRecord,
+    Status,
+    StatusCode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from ._context import Context
+
+__all__ = ["close_shard", "maybe_flip", "repair", "settle_tasks", "within_tolerance"]
+
+log = logging.getLogger("msgcluster")
+
+# TransactWriteItems takes at most 100 items: tasks plus their shards.
+TXN_MAX_TASKS: Final = 90
+CONDITION_FAILED: Final = "ConditionalCheckFailed"
+_RETRYABLE_REASONS: Final = frozenset(
+    {
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    }
+)
+# A completion event not yet recorded as sent is (re)sent by repairs; one that
+# was sent is re-sent only if the callback is still pending after this long.
+EVENT_RESEND_SECONDS: Final = 300
+_event_encoder: Final = msgspec.json.Encoder()
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+class SettleResult:
+    """What :func:`settle_tasks` did: tasks it counted, shards it found final."""
+
+    __slots__ = ("counted", "flipped", "maybe_done")
+
+    def __init__(self) -> None:
+        self.counted: set[RecordKey] = set()
+        # Cluster ids that may have completed as a consequence (a closure or a
+        # repair ran): callers check for a pending callback only for these.
+        self.maybe_done: set[str] = set()
+        self.flipped: set[str] = set()
+
+
+async def settle_tasks(
+    ctx: Context,
+    refs: Sequence[TaskRef],
+    *,
+    outcome: Status = Status.COMPLETE,
+    extra: Mapping[RecordKey, Mapping[str, dict[str, Any]]] | None = None,
+) -> SettleResult:
+    """Count each task once as ``outcome`` (COMPLETE or ERROR); close what empties.
+
+    ``extra`` adds attributes to a task's update (e.g. the error list of a
+    failed task). Tasks already counted are skipped, and their shards are
+    repaired, so a caller may acknowledge every message afterwards.
+    """
+    result = SettleResult()
+    unique = list({ref.key: ref for ref in refs}.values())
+    for chunk in chunked(unique, TXN_MAX_TASKS):
+        await _settle_chunk(ctx, list(chunk), outcome, extra or {}, result)
+    return result
+
+
+async def _settle_chunk(
+    ctx: Context,
+    refs: list[TaskRef],
+    outcome: Status,
+    extra: Mapping[RecordKey, Mapping[str, dict[str, Any]]],
+    result: SettleResult,
+) -> None:
+    pending = {ref.key: ref for ref in refs}
+    final: set[RecordKey] = set()  # shards whose condition this batch must drop
+    to_repair: dict[RecordKey, TaskRef] = {}
+    backoff = Backoff(attempts=12, cap=2.0)
+    attempt = 0
+    while pending:
+        items, order = _settle_items(ctx, list(pending.values()), outcome, extra, final)
+        try:
+            with aws_errors(resource=ctx.table):
+                await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+        except TransactionCanceledError as exc:
+            task_failed, shard_failed, retry = _read_reasons(exc, order)
+            for key in task_failed:
+                ref = pending.pop(key)
+                to_repair.setdefault(ref.shard_key, ref)
+            if shard_failed and not task_failed and not retry:
+                final.update(shard_failed)
+                continue
+            if task_failed and not retry:
+                continue  # rebuilt with the counts of the tasks left
+        except (ThrottledError, AwsConnectionError) as exc:
+            # Throttled: not applied. No answer: maybe applied, in which case
+            # the retry finds the tasks counted and repairs their shards.
+            if attempt >= backoff.attempts - 1:
+                raise MsgclusterError(f"could not count {len(pending)} task(s): {exc}") from exc
+        else:
+            result.counted.update(pending)
+            for ref in pending.values():
+                if ref.shard_key in final:
+                    to_repair.setdefault(ref.shard_key, ref)
+            break
+        if attempt >= backoff.attempts - 1:
+            raise MsgclusterError(
+                f"could not count {len(pending)} task(s): transaction kept being cancelled"
+            )
+        await backoff.sleep(attempt)
+        attempt += 1
+    for ref in to_repair.values():
+        await repair(ctx, ref.cluster_id, ref.shard, result)
+
+
+def _settle_items(
+    ctx: Context,
+    refs: list[TaskRef],
+    outcome: Status,
+    extra: Mapping[RecordKey, Mapping[str, dict[str, Any]]],
+    final: set[RecordKey],
+) -> tuple[list[dict[str, Any]], list[tuple[str, RecordKey]]]:
+    now = iso_now()
+    items: list[dict[str, Any]] = []
+    order: list[tuple[str, RecordKey]] = []
+    per_shard: dict[RecordKey, int] = {}
+    for ref in refs:
+        names = {"#s": "status", "#c": "statusCode", "#u": "updatedAt", "#d": "completedAt"}
+        values: dict[str, Any] = {
+            ":s": {"S": outcome.value},
+            ":c": _n(STATUS_CODES[outcome]),
+            ":now": {"S": now},
+            ":pf": {"S": Status.PRE_FLIGHT.value},
+            ":ip": {"S": Status.IN_PROGRESS.value},
+        }
+        sets = ["#s = :s", "#c = :c", "#u = :now", "#d = :now"]
+        for position, (name, value) in enumerate(extra.get(ref.key, {}).items()):
+            names[f"#x{position}"] = name
+            values[f":x{position}"] = value
+            if name == "error":  # the bounded error list: appended to, not replaced
+                values[":empty"] = {"L": []}
+                sets.append(
+                    f"#x{position} = list_append(if_not_exists(#x{position}, :empty), :x{position})"
+                )
+            else:
+                sets.append(f"#x{position} = :x{position}")
+        items.append(
+            {
+                "Update": {
+                    "TableName": ctx.table,
+                    "Key": key_attrs(ref.key.pk, ref.key.rk),
+                    "UpdateExpression": "SET " + ", ".join(sets),
+                    "ConditionExpression": "#s IN (:pf, :ip)",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        )
+        order.append(("task", ref.key))
+        per_shard[ref.shard_key] = per_shard.get(ref.shard_key, 0) + 1
+    complete = outcome is Status.COMPLETE
+    for key, count in per_shard.items():
+        # Both counters are always ADDed (0 or n) so they exist for the
+        # closure's equality conditions.
+        update: dict[str, Any] = {
+            "TableName": ctx.table,
+            "Key": key_attrs(key.pk, key.rk),
+            "UpdateExpression": (
+                "ADD pending :neg, done :d, failedCount :f "
+                "SET expiresAt = if_not_exists(expiresAt, :exp)"
+            ),
+            "ExpressionAttributeValues": {
+                ":neg": _n(-count),
+                ":n": _n(count),
+                ":d": _n(count if complete else 0),
+                ":f": _n(0 if complete else count),
+                ":exp": _n(ctx.expires_at()),
+            },
+        }
+        if key not in final:
+            update["ConditionExpression"] = "attribute_not_exists(sealed) OR pending > :n"
+        items.append({"Update": update})
+        order.append(("shard", key))
+    return items, order
+
+
+def _read_reasons(
+    exc: TransactionCanceledError, order: list[tuple[str, RecordKey]]
+) -> tuple[list[RecordKey], list[RecordKey], bool]:
+    task_failed: list[RecordKey] = []
+    shard_failed: list[RecordKey] = []
+    retry = False
+    for (kind, key), reason in zip(order, exc.reasons, strict=False):
+        code = reason.get("Code") or "None"
+        if code == CONDITION_FAILED:
+            (task_failed if kind == "task" else shard_failed).append(key)
+        elif code != "None":
+            if code not in _RETRYABLE_REASONS:
+                log.warning("transaction item %s cancelled: %s", key.pk, reason)
+            retry = True
+    if not exc.reasons:
+        retry = True
+    return task_failed, shard_failed, retry
+
+
+# --------------------------------------------------------------------------- closure
+
+
+async def _get(ctx: Context, key: RecordKey) -> dict[str, Any] | None:
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.get_item(
+            TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ConsistentRead=True
+        )
+    item: dict[str, Any] | None = response.get("Item")
+    return item
+
+
+async def repair(
+    ctx: Context, cluster_id: str, shard: int, result: SettleResult | None = None
+) -> None:
+    """Re-run whatever a crashed consumer may have left undone for this shard."""
+    item = await _get(ctx, shard_key(cluster_id, shard))
+    if item is None:
+        return
+    record = decode_item(item, ShardRecord)
+    if result is not None:
+        result.maybe_done.add(cluster_id)
+    if record.closed_at is not None:
+        flipped = await maybe_flip(ctx, cluster_id)
+    elif record.sealed and record.pending <= 0:
+        flipped = await close_shard(ctx, cluster_id, shard, record)
+    else:
+        return
+    if flipped and result is not None:
+        result.flipped.add(cluster_id)
+
+
+async def close_shard(
+    ctx: Context, cluster_id: str, shard: int, record: ShardRecord | None = None
+) -> bool:
+    """Close an emptied shard (once); True if the cluster is now final."""
+    skey, ckey = shard_key(cluster_id, shard), cluster_key(cluster_id)
+    if record is None:
+        item = await _get(ctx, skey)
+        if item is None:
+            return False
+        record = decode_item(item, ShardRecord)
+    if record.closed_at is not None:
+        return await maybe_flip(ctx, cluster_id)
+    if not record.sealed or record.pending > 0:
+        return False
+    last = False
+    backoff = Backoff(attempts=12, cap=2.0)
+    for attempt in range(backoff.attempts):
+        cluster_update: dict[str, Any] = {
+            "TableName": ctx.table,
+            "Key": key_attrs(ckey.pk, ckey.rk),
+            "UpdateExpression": "ADD shardsOpen :m1, completed :d, failed :f SET updatedAt = :now",
+            "ConditionExpression": "attribute_exists(pk)"
+            + ("" if last else " AND (attribute_not_exists(sealed) OR shardsOpen > :one)"),
+            "ExpressionAttributeValues": {
+                ":m1": _n(-1),
+                ":d": _n(record.done),
+                ":f": _n(record.failed_count),
+                ":now": {"S": iso_now()},
+            }
+            | ({} if last else {":one": _n(1)}),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        items = [
+            {
+                "Update": {
+                    "TableName": ctx.table,
+                    "Key": key_attrs(skey.pk, skey.rk),
+                    "UpdateExpression": "SET closedAt = :now",
+                    "ConditionExpression": (
+                        "sealed = :t AND pending = :zero AND attribute_not_exists(closedAt) "
+                        "AND done = :d AND failedCount = :f"
+                    ),
+                    "ExpressionAttributeValues": {
+                        ":now": {"S": iso_now()},
+                        ":t": {"BOOL": True},
+                        ":zero": _n(0),
+                        ":d": _n(record.done),
+                        ":f": _n(record.failed_count),
+                    },
+                }
+            },
+            {"Update": cluster_update},
+        ]
+        try:
+            with aws_errors(resource=ctx.table):
+                await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+        except TransactionCanceledError as exc:
+            reasons = [r.get("Code") or "None" for r in exc.reasons] or ["?", "?"]
+            if reasons[0] == CONDITION_FAILED:
+                # Closed meanwhile (by a duplicate or a retried request of ours).
+                return await maybe_flip(ctx, cluster_id)
+            if reasons[1] == CONDITION_FAILED:
+                if not exc.reasons[1].get("Item"):
+                    log.warning("cluster %s is gone; shard %d not closed", cluster_id, shard)
+                    return False
+                last = True  # sealed and this is the last open shard
+                continue
+        except (ThrottledError, AwsConnectionError):
+            pass
+        else:
+            return await maybe_flip(ctx, cluster_id) if last else False
+        await backoff.sleep(attempt)
+    raise MsgclusterError(f"could not close shard {shard} of cluster {cluster_id}")
+
+
+def within_tolerance(record: MessageClusterRecord) -> bool:
+    allowed = max(record.tolerated_failures, int(record.tolerated_failure_rate * record.total))
+    return record.failed <= allowed
+
+
+async def maybe_flip(ctx: Context, cluster_id: str) -> bool:
+    """Flip a sealed cluster whose shards are all closed; True if it is final now.
+
+    Also (re)sends the completion event while the callback is pending and the
+    event is not known to have been sent.
+    """
+    key = cluster_key(cluster_id)
+    item = await _get(ctx, key)
+    if item is None:
+        return False
+    record = decode_item(item, MessageClusterRecord)
+    if not record.sealed or record.shards_open > 0:
+        return False
+    if record.status_code == StatusCode.STOPPED:
+        return False
+    if record.status_code < StatusCode.COMPLETE:
+        status = Status.COMPLETE if within_tolerance(record) else Status.ERROR
+        now = iso_now()
+        try:
+            with aws_errors(resource=ctx.table):
+                response = await ctx.ddb.update_item(
+                    TableName=ctx.table,
+                    Key=key_attrs(key.pk, key.rk),
+                    UpdateExpression=(
+                        "SET #s = :s, statusCode = :c, completedAt = :now, updatedAt = :now, "
+                        "callbackStatus = :pending"
+                    ),
+                    ConditionExpression=(
+                        "sealed = :t AND shardsOpen = :zero AND statusCode IN (:c0, :c1)"
+                    ),
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues={
+                        ":s": {"S": status.value},
+                        ":c": _n(STATUS_CODES[status]),
+                        ":now": {"S": now},
+                        ":pending": {"S": CallbackStatus.PENDING.value},
+                        ":t": {"BOOL": True},
+                        ":zero": _n(0),
+                        ":c0": _n(StatusCode.PRE_FLIGHT),
+                        ":c1": _n(StatusCode.IN_PROGRESS),
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+        except ConditionFailedError:
+            item = await _get(ctx, key)  # flipped (or cancelled) concurrently
+            if item is None:
+                return False
+            record = decode_item(item, MessageClusterRecord)
+            if record.status_code == StatusCode.STOPPED:
+                return False
+        else:
+            record = decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+            log.info("cluster %s is %s (%d/%d)", cluster_id, status, record.completed, record.total)
+    if record.callback_status in (CallbackStatus.PENDING, CallbackStatus.RUNNING):
+        await send_event(ctx, record, item)
+    ctx.cluster_hints.put(cluster_id, True)
+    return True
+
+
+async def send_event(
+    ctx: Context, record: MessageClusterRecord, item: Mapping[str, Any] | None = None
+) -> None:
+    """The durable completion event: a message on the completion (or task) queue.
+
+    Sent after the flip and before the task messages are acknowledged, so a
+    process that dies before running the callback leaves the event behind.
+    """
+    sent_at = (item or {}).get("eventSentAt", {}).get("N")
+    now = int(ctx.clock())
+    if sent_at is not None and now - int(sent_at) < EVENT_RESEND_SECONDS:
+        return
+    url = record.completion_queue_url or record.url
+    body = _event_encoder.encode(ClusterEventEnvelope(pk=record.pk, rk=record.rk, url=record.url))
+    fields: dict[str, Any] = {"QueueUrl": url, "MessageBody": body.decode()}
+    if url.endswith(".fifo"):
+        fields["MessageGroupId"] = record.id or record.pk
+        fields["MessageDeduplicationId"] = f"{record.id}-complete-{now // EVENT_RESEND_SECONDS}"
+    with aws_errors(resource=url):
+        await ctx.sqs.send_message(**fields)
+    key = record.key
+    try:
+        with aws_errors(resource=ctx.table):
+            await ctx.ddb.update_item(
+                TableName=ctx.table,
+                Key=key_attrs(key.pk, key.rk),
+                UpdateExpression="SET eventSentAt = :now",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":now": _n(now)},
+            )
+    except MsgclusterError as exc:  # the event is out; at worst it is sent again
+        log.debug("could not record the completion event of %s: %s", key.pk, exc)
+
+
+def shards_of(refs: Iterable[TaskRef]) -> set[tuple[str, int]]:
+    return {(ref.cluster_id, ref.shard) for ref in refs}

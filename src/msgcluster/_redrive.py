@@ -1,0 +1,180 @@
+"""Re-sending the failed tasks of a cluster.
+
+A task counted as failed keeps the message it arrived in (``failedBody``, or
+``failedBodyS3`` when large), so it can be sent again exactly as it was. Per
+chunk of one shard, one transaction un-counts the tasks (ERROR -> PRE FLIGHT,
+shard ``failedCount -n, pending +n``) and, when the shard had been closed,
+reopens it and takes its counts back out of the cluster, which returns to
+IN PROGRESS with a fresh callback state. Only then are the messages sent:
+a task is never delivered while its record still says ERROR.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ._batching import Backoff, chunked
+from ._clusterkeys import TaskRef, cluster_key, shard_key
+from ._context import iso_now
+from ._dynamo import key_attrs
+from ._errors import (
+    ClusterError,
+    MsgclusterError,
+    ThrottledError,
+    TransactionCanceledError,
+    aws_errors,
+)
+from ._itemcodec import decode_item
+from ._payloads import fetch
+from ._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ["redrive"]
+
+log = logging.getLogger("msgcluster")
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+async def _stored_body(ctx: Context, item: dict[str, Any]) -> str | None:
+    if "failedBody" in item:
+        return str(item["failedBody"]["S"])
+    pointer = item.get("failedBodyS3", {}).get("M")
+    if pointer:
+        data = await fetch(ctx, S3Pointer(bucket=pointer["bucket"]["S"], key=pointer["key"]["S"]))
+        return data.decode()
+    return None
+
+
+async def redrive(ctx: Context, cid: str, shard: int, items: list[dict[str, Any]]) -> int:
+    bodies: dict[RecordKey, str] = {}
+    for item in items:
+        key = RecordKey(item["pk"]["S"], item["rk"]["S"])
+        body = await _stored_body(ctx, item)
+        if body is None:
+            log.warning("task %s has no stored message and cannot be redriven", key.rk)
+            continue
+        bodies[key] = body
+    if not bodies:
+        return 0
+    await _uncount(ctx, cid, shard, list(bodies))
+    url = items[0]["url"]["S"]
+    fifo = url.endswith(".fifo")
+    for chunk in chunked(list(bodies.items()), 10):
+        entries = []
+        for position, (key, body) in enumerate(chunk):
+            entry: dict[str, Any] = {"Id": str(position), "MessageBody": body}
+            if fifo:
+                task_id = TaskRef(key).task_id
+                entry["MessageGroupId"] = task_id
+                entry["MessageDeduplicationId"] = f"{task_id}:redrive:{uuid.uuid4().hex[:12]}"
+            entries.append(entry)
+        with aws_errors(resource=url):
+            response = await ctx.sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+        if response.get("Failed"):
+            raise ClusterError(
+                f"redrive of cluster {cid}: {len(response['Failed'])} task(s) were reset but "
+                f"not sent ({response['Failed'][0].get('Code')}); they are PRE FLIGHT and listed "
+                "by incomplete_tasks",
+                cluster_id=cid,
+            )
+    return len(bodies)
+
+
+async def _uncount(ctx: Context, cid: str, shard: int, keys: list[RecordKey]) -> None:
+    skey, ckey = shard_key(cid, shard), cluster_key(cid)
+    backoff = Backoff(attempts=8)
+    for attempt in range(backoff.attempts):
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.get_item(
+                TableName=ctx.table, Key=key_attrs(skey.pk, skey.rk), ConsistentRead=True
+            )
+        record = decode_item(response["Item"], ShardRecord)  # type: ignore[arg-type]
+        closed = record.closed_at is not None
+        now = iso_now()
+        n = len(keys)
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": ctx.table,
+                    "Key": key_attrs(key.pk, key.rk),
+                    "UpdateExpression": "SET #s = :pf, statusCode = :c0, updatedAt = :now "
+                    "REMOVE completedAt",
+                    "ConditionExpression": "#s = :error",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {
+                        ":pf": {"S": Status.PRE_FLIGHT.value},
+                        ":c0": _n(StatusCode.PRE_FLIGHT),
+                        ":now": {"S": now},
+                        ":error": {"S": Status.ERROR.value},
+                    },
+                }
+            }
+            for key in keys
+        ]
+        shard_values: dict[str, Any] = {":neg": _n(-n), ":n": _n(n)}
+        shard_condition = "failedCount >= :n"
+        if closed:
+            shard_values[":closed"] = {"S": str(record.closed_at)}
+            shard_condition += " AND closedAt = :closed"
+        else:
+            shard_condition += " AND attribute_not_exists(closedAt)"
+        items.append(
+            {
+                "Update": {
+                    "TableName": ctx.table,
+                    "Key": key_attrs(skey.pk, skey.rk),
+                    "UpdateExpression": "ADD failedCount :neg, pending :n"
+                    + (" REMOVE closedAt" if closed else ""),
+                    "ConditionExpression": shard_condition,
+                    "ExpressionAttributeValues": shard_values,
+                }
+            }
+        )
+        if closed:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": ctx.table,
+                        "Key": key_attrs(ckey.pk, ckey.rk),
+                        "UpdateExpression": (
+                            "SET #s = :ip, statusCode = :c1, updatedAt = :now "
+                            "ADD shardsOpen :one, completed :d, failed :f "
+                            "REMOVE completedAt, callbackStatus, callbackAttempts, callbackError, "
+                            "callbackAt, eventSentAt, callbackLease, callbackOwner"
+                        ),
+                        "ConditionExpression": "sealed = :t AND statusCode <> :stopped",
+                        "ExpressionAttributeNames": {"#s": "status"},
+                        "ExpressionAttributeValues": {
+                            ":ip": {"S": Status.IN_PROGRESS.value},
+                            ":c1": _n(StatusCode.IN_PROGRESS),
+                            ":now": {"S": now},
+                            ":one": _n(1),
+                            ":d": _n(-record.done),
+                            ":f": _n(-record.failed_count),
+                            ":t": {"BOOL": True},
+                            ":stopped": _n(StatusCode.STOPPED),
+                        },
+                    }
+                }
+            )
+        try:
+            with aws_errors(resource=ctx.table):
+                await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+        except (TransactionCanceledError, ThrottledError) as exc:
+            if attempt >= backoff.attempts - 1:
+                raise ClusterError(
+                    f"could not reset the failed tasks of shard {shard} of cluster {cid}: {exc}",
+                    cluster_id=cid,
+                ) from exc
+            await backoff.sleep(attempt)
+            continue
+        except MsgclusterError:
+            raise
+        return
