@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._batching import gather_limited
+from ._callbacks import run_callback
+from ._clusterkeys import TaskRef, cluster_id_of
+from ._consume import Kind, is_complete_batch, kind_of, mark_failed
 from ._dynamo import batch_write, key_attrs
 from ._errors import MalformedEventError, MsgclusterError
-from ._messages import is_complete_many, mark_failed
+from ._fanin import settle_tasks
 from ._payloads import parse_extended_pointer
 from ._records import (
     ParsedRecord,
@@ -32,7 +35,7 @@ from ._records import (
     parse_envelope,
     resolve_extended,
 )
-from ._schemas import RecordKey
+from ._schemas import RecordKey, RecordType
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -124,8 +127,9 @@ async def safe_process_batch(
         else:
             copies.append((item, first))
 
-    keys = [item.key for item in items if item.key is not None and item.error is None]
-    done = await is_complete_many(ctx, keys) if keys else set()
+    checked = [item for item in items if item.key is not None and item.error is None]
+    flags = await is_complete_batch(ctx, [item.key for item in checked]) if checked else []
+    done = {item.key for item, flag in zip(checked, flags, strict=True) if flag}
     for item in items:
         if item.key in done:
             item.ok = True
@@ -133,6 +137,16 @@ async def safe_process_batch(
     async def run(item: _Item) -> None:
         try:
             parsed = await load(ctx, item.message, body_type)
+            if parsed.type is RecordType.CLUSTER and ctx.cluster_callbacks:
+                # A completion event, and this Client has the callback: run it
+                # (claimed, so exactly once); a False claim means it is running
+                # elsewhere, so the event stays for a later try.
+                if not await run_callback(
+                    ctx, cluster_id_of(parsed.envelope.pk), ctx.cluster_callbacks[0]
+                ):
+                    raise RuntimeError("completion callback is running elsewhere; retry later")
+                item.ok = True
+                return
             result = process_record(parsed)
             if inspect.isawaitable(result):
                 await result
@@ -199,11 +213,21 @@ async def _resolve(ctx: Context, messages: list[SqsMessage]) -> list[SqsMessage 
 
 
 async def _complete(ctx: Context, items: list[_Item]) -> None:
-    """Delete the records of processed messages; a delete that fails fails its message."""
+    """Complete processed records: tasks counted (one transaction), messages' records
+    deleted; a completion that fails fails its message."""
+    tasks = [item for item in items if item.key is not None and kind_of(item.key) is Kind.TASK]
+    if tasks:
+        try:
+            await settle_tasks(ctx, [TaskRef(item.key) for item in tasks if item.key is not None])
+        except MsgclusterError as exc:
+            log.warning("could not count %d task(s): %s", len(tasks), exc)
+            for item in tasks:
+                item.ok = False
+                item.error = RuntimeError("task could not be marked complete")
     requests = [
         {"DeleteRequest": {"Key": key_attrs(item.key.pk, item.key.rk)}}
         for item in items
-        if item.key is not None
+        if item.key is not None and kind_of(item.key) is Kind.MESSAGE
     ]
     if not requests:
         return
