@@ -198,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_MISSING_DEPENDENCY
 
-    from msgcluster import _moto_patch
+    from msgcluster import _moto_ddb_patch, _moto_patch
 
     if args.patch:
         _moto_patch.apply()
+        _moto_ddb_patch.apply()
 
     handler, keep_alive_handler = _handler_classes(args.log_requests)
     app = DomainDispatcherApplication(create_backend_app)
