@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from botocore.exceptions import ClientError
 import msgspec
 import pytest
+from botocore.exceptions import ClientError
 from clusterkit import Stats, cluster_done, consume
 from conftest import client_for
 
