@@ -135,12 +135,14 @@ async def test_local_server_transactions_stay_atomic(
     table = names["table"]
     key = {"pk": {"S": "SQSMessage$a"}, "rk": {"S": "SQSMessage$x"}}
     new = {"pk": {"S": "SQSMessage$b"}, "rk": {"S": "SQSMessage$x"}}
+    other = {"pk": {"S": "SQSMessage$c"}, "rk": {"S": "SQSMessage$x"}}
     await mc.dynamodb.put_item(TableName=table, Item=key | {"n": {"N": "1"}})
+    await mc.dynamodb.put_item(TableName=table, Item=other | {"n": {"N": "1"}})
     items = [
         {"Update": {"TableName": table, "Key": key, "UpdateExpression": "ADD n :one",
                     "ExpressionAttributeValues": {":one": {"N": "1"}}}},
         {"Put": {"TableName": table, "Item": new}},
-        {"ConditionCheck": {"TableName": table, "Key": key, "ConditionExpression": "n = :five",
+        {"ConditionCheck": {"TableName": table, "Key": other, "ConditionExpression": "n = :five",
                             "ExpressionAttributeValues": {":five": {"N": "5"}}}},
     ]  # fmt: skip
     with pytest.raises(ClientError, match="TransactionCanceled"):
