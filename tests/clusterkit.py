@@ -40,6 +40,7 @@ async def consume_batch(
     stats: Stats,
     *,
     duplicate: bool = False,
+    lease_seconds: int = 300,
 ) -> None:
     if duplicate:
         copies = [
@@ -71,11 +72,14 @@ async def consume_batch(
     if callback is not None:
         keys = {r.cluster_key for r in ok if r.cluster_key is not None}
         for key in keys:
-            await mc.on_cluster_complete(key, callback)
+            await mc.on_cluster_complete(key, callback, lease_seconds=lease_seconds)
         for record in todo:
             if record.type is RecordType.CLUSTER:
                 stats.events += 1
-                await mc.on_cluster_complete(record, callback)
+                # A completion event is acknowledged only once the callback is
+                # done: False means it runs (or failed) elsewhere; retry later.
+                if not await mc.on_cluster_complete(record, callback, lease_seconds=lease_seconds):
+                    failed.add(record.id)
     acked = [m for m in messages if m["MessageId"] not in failed]
     if acked:
         await mc.sqs.delete_message_batch(
@@ -101,6 +105,7 @@ async def consume(
     duplicate: bool = False,
     visibility_timeout: int = 30,
     idle_check_every: int = 3,
+    lease_seconds: int = 300,
 ) -> Stats:
     """Consume until ``until()`` is true (checked whenever the queue looks empty)."""
     stats = stats or Stats()
@@ -122,7 +127,16 @@ async def consume(
             await anyio.sleep(0.05)
             continue
         idle = 0
-        await consume_batch(mc, url, messages, handler, callback, stats, duplicate=duplicate)
+        await consume_batch(
+            mc,
+            url,
+            messages,
+            handler,
+            callback,
+            stats,
+            duplicate=duplicate,
+            lease_seconds=lease_seconds,
+        )
 
 
 async def cluster_done(mc: msgcluster.Client, key: msgcluster.RecordKey) -> bool:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._batching import Backoff, chunked
+from ._batching import Backoff
 from ._clusterkeys import TaskRef, cluster_key, shard_key
 from ._context import iso_now
 from ._dynamo import key_attrs
@@ -63,7 +63,7 @@ __all__ = ["close_shard", "maybe_flip", "repair", "settle_tasks", "within_tolera
 log = logging.getLogger("msgcluster")
 
 # TransactWriteItems takes at most 100 items: tasks plus their shards.
-TXN_MAX_TASKS: Final = 90
+TXN_MAX_ITEMS: Final = 100
 CONDITION_FAILED: Final = "ConditionalCheckFailed"
 _RETRYABLE_REASONS: Final = frozenset(
     {
@@ -111,9 +111,27 @@ async def settle_tasks(
     """
     result = SettleResult()
     unique = list({ref.key: ref for ref in refs}.values())
-    for chunk in chunked(unique, TXN_MAX_TASKS):
-        await _settle_chunk(ctx, list(chunk), outcome, extra or {}, result)
+    for chunk in _transactions(unique):
+        await _settle_chunk(ctx, chunk, outcome, extra or {}, result)
     return result
+
+
+def _transactions(refs: list[TaskRef]) -> list[list[TaskRef]]:
+    """Split into transactions of at most 100 items: tasks plus one per shard."""
+    chunks: list[list[TaskRef]] = []
+    current: list[TaskRef] = []
+    shards: set[RecordKey] = set()
+    for ref in refs:
+        extra = 0 if ref.shard_key in shards else 1
+        if current and len(current) + len(shards) + 1 + extra > TXN_MAX_ITEMS:
+            chunks.append(current)
+            current, shards = [], set()
+            extra = 1
+        current.append(ref)
+        shards.add(ref.shard_key)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 async def _settle_chunk(

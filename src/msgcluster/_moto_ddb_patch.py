@@ -11,7 +11,9 @@ The patch wraps ``DynamoDBBackend.transact_write_items``: while it runs, a
 table deep-copies to itself (so moto's own "backup" is free and its "restore"
 a no-op), and the wrapper snapshots just the items the transaction names and
 puts them back if moto raises. The semantics (conditions, cancellation
-reasons, all-or-nothing) stay moto's. Runs only in the local server's child
+reasons, all-or-nothing) stay moto's. Every DynamoDB request is also
+serialized: moto's backend is not thread-safe, and concurrent consumers on
+the threaded server could otherwise lose acknowledged writes. Runs only in the local server's child
 process; the version range is checked like the SQS patch's.
 """
 
@@ -91,6 +93,19 @@ def _wrap(original: Any, table_cls: type) -> Any:
     return transact_write_items
 
 
+def _serialize(original: Any) -> Any:
+    # moto's DynamoDB backend is not thread-safe (the threaded server runs
+    # requests concurrently; a condition check and its write can interleave
+    # with another request's), so every DynamoDB request runs under one lock,
+    # which is what DynamoDB's per-item atomicity looks like from outside.
+    def call_action(self: Any) -> Any:
+        with _lock:
+            return original(self)
+
+    call_action.__wrapped__ = original  # type: ignore[attr-defined]
+    return call_action
+
+
 def is_applied() -> bool:
     try:
         models = importlib.import_module("moto.dynamodb.models")
@@ -121,6 +136,8 @@ def apply() -> None:
                 "msgcluster cannot patch moto's DynamoDB backend: " + "; ".join(problems)
             )
         backend_cls.transact_write_items = _wrap(original, table_cls)
+        handler_cls = importlib.import_module("moto.dynamodb.responses").DynamoHandler
+        handler_cls.call_action = _serialize(handler_cls.call_action)
         setattr(backend_cls, _MARKER, True)
 
 

@@ -280,7 +280,7 @@ async def cluster_demo(mc: Client, url: str, requests: Counter[str]) -> None:
     record = await mc.get_message_cluster(key, consistent_read=True)
     print(
         f"  cluster record: {record.status.value}, callback {record.callback_status} "
-        f"(ran {len(run.callback_ran_in)}x: in {', '.join(run.callback_ran_in)})"
+        f"(ran {len(run.callback_ran_in)}x, in {', '.join(run.callback_ran_in)})"
     )
     for task in await mc.get_message_records(run.retried, consistent_read=True):
         if task is not None:
@@ -301,7 +301,8 @@ async def main() -> None:
             requests = count_requests(mc)
             urls = await mc.provision(queues=["thumbnails", "photos"])
             url = urls["thumbnails"]
-            print(f"  provisioned table 'demo', bucket 'demo-bucket', queue {url} (+ DLQ)")
+            queues = " and ".join(urls)
+            print(f"  provisioned table 'demo', bucket 'demo-bucket', queues {queues} (+ DLQs)")
             await produce(mc, url)
             outcome = await consume(mc, url, expected=50)
             print(
