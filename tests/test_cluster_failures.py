@@ -121,6 +121,12 @@ async def test_crash_between_completion_steps(
     name: str,
     after: bool,
 ) -> None:
+    if name == "_release":
+        # The completion event must outlive the dead claim's lease: its queue
+        # allows more receives than the lease lasts visibility timeouts.
+        queue_url = (await mc.provision(queues=[f"{names['queue']}-ev"], max_receive_count=10))[
+            f"{names['queue']}-ev"
+        ]
     key = await mc.create_message_cluster(queue_url, range(25))
     run = Run()
     state = crash_at(monkeypatch, owner, name, after=after)
@@ -255,6 +261,11 @@ async def test_cancelled_cluster_tasks_are_skipped_and_acked(
 async def test_callback_that_keeps_failing_is_left_visible(
     local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
 ) -> None:
+    # Retries of the callback ride on redeliveries of the completion event, so
+    # its queue must allow more receives than the callback's max attempts.
+    queue_url = (await mc.provision(queues=[f"{names['queue']}-ev"], max_receive_count=10))[
+        f"{names['queue']}-ev"
+    ]
     key = await mc.create_message_cluster(queue_url, range(3))
     attempts: list[int] = []
 
@@ -266,7 +277,7 @@ async def test_callback_that_keeps_failing_is_left_visible(
     run.callback = broken  # type: ignore[method-assign]
     errors: list[str] = []
     async with client_for(local_aws, names) as client:
-        for _ in range(40):
+        for _ in range(12):
             try:
                 await consume(
                     client,
