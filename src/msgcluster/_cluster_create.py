@@ -28,7 +28,7 @@ from . import _payloads
 from ._batching import gather_limited, iter_chunks, pack_by_size
 from ._clusterkeys import SHARD_SIZE, cluster_key, shard_key, task_key
 from ._context import iso_now
-from ._dynamo import batch_get, batch_write, key_attrs
+from ._dynamo import batch_get, batch_write, get_consistent, key_attrs
 from ._errors import (
     ClusterCreateError,
     ConditionFailedError,
@@ -175,12 +175,7 @@ async def create_message_cluster(
 
 
 async def _get(ctx: Context, key: RecordKey) -> dict[str, Any] | None:
-    with aws_errors(resource=ctx.table):
-        response = await ctx.ddb.get_item(
-            TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ConsistentRead=True
-        )
-    item: dict[str, Any] | None = response.get("Item")
-    return item
+    return await get_consistent(ctx, key.pk, key.rk)
 
 
 async def _put_cluster(

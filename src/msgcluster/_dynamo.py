@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from ._context import Context
 
-__all__ = ["WriteFailure", "batch_get", "batch_write", "key_attrs"]
+__all__ = ["WriteFailure", "batch_get", "batch_write", "get_consistent", "key_attrs"]
 
 BATCH_WRITE_MAX = 25
 BATCH_GET_MAX = 100
@@ -26,6 +26,16 @@ BATCH_GET_MAX = 100
 
 def key_attrs(pk: str, rk: str) -> dict[str, Any]:
     return {"pk": {"S": pk}, "rk": {"S": rk}}
+
+
+async def get_consistent(ctx: Context, pk: str, rk: str) -> dict[str, Any] | None:
+    """One item by key, strongly consistent; None if it does not exist."""
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.get_item(
+            TableName=ctx.table, Key=key_attrs(pk, rk), ConsistentRead=True
+        )
+    item: dict[str, Any] | None = response.get("Item")
+    return item
 
 
 class WriteFailure:

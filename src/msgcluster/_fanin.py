@@ -32,7 +32,7 @@ import msgspec
 from ._batching import Backoff
 from ._clusterkeys import TaskRef, cluster_key, shard_key
 from ._context import iso_now
-from ._dynamo import key_attrs
+from ._dynamo import get_consistent, key_attrs
 from ._errors import (
     AwsConnectionError,
     ConditionFailedError,
@@ -276,12 +276,7 @@ def _read_reasons(
 
 
 async def _get(ctx: Context, key: RecordKey) -> dict[str, Any] | None:
-    with aws_errors(resource=ctx.table):
-        response = await ctx.ddb.get_item(
-            TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ConsistentRead=True
-        )
-    item: dict[str, Any] | None = response.get("Item")
-    return item
+    return await get_consistent(ctx, key.pk, key.rk)
 
 
 async def repair(
