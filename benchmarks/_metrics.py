@@ -72,4 +72,17 @@ def measure(
 
 
 def max_rss_mb() -> float:
+    """Peak resident set of this process, in MB.
+
+    Linux's ``ru_maxrss`` survives ``fork`` + ``exec``: a child started by a
+    large benchmark process reports its parent's peak. ``VmHWM`` is the peak
+    of the current address space only, so it is preferred where it exists.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
