@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ._clusterkeys import cluster_key
 from ._context import iso_now
-from ._dynamo import key_attrs
-from ._errors import CallbackError, ConditionFailedError, aws_errors
+from ._dynamo import get_consistent, key_attrs
+from ._errors import AwsConnectionError, CallbackError, ConditionFailedError, aws_errors
 from ._itemcodec import decode_item
 from ._schemas import CallbackStatus, MessageClusterRecord, StatusCode
 
@@ -104,10 +104,21 @@ async def run_callback(
                     ":error": _n(StatusCode.ERROR),
                 },
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-    except ConditionFailedError:
-        return False
-    record = decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+        attributes: Any = response["Attributes"]
+    except ConditionFailedError as exc:
+        # Our claim applied but its response was lost, and botocore's retry
+        # of it failed the condition: the item then names us as the owner.
+        if not _claimed_by(exc.item, owner):
+            return False
+        attributes = exc.item
+    except AwsConnectionError:
+        # No answer: the claim may have applied; only a read can tell.
+        attributes = await get_consistent(ctx, key.pk, key.rk)
+        if not _claimed_by(attributes, owner):
+            raise
+    record = decode_item(attributes, MessageClusterRecord)
     attempts = record.callback_attempts
     try:
         result = callback(record, globals_getter(ctx, record))
@@ -133,6 +144,10 @@ async def run_callback(
         ) from exc
     await _release(ctx, cluster_id, owner, CallbackStatus.DONE, None)
     return True
+
+
+def _claimed_by(item: dict[str, Any] | None, owner: str) -> bool:
+    return item is not None and item.get("callbackOwner", {}).get("S") == owner
 
 
 async def _release(
