@@ -19,6 +19,13 @@
     ├── ClusterError                a cluster operation could not proceed
     │   └── ClusterCreateError      creation stopped part-way: resume with its cluster_id
     ├── CallbackError               a completion callback raised (recorded, retried)
+    ├── QueueError                  a queue opened by URI (msgcluster.queues) refused an operation
+    │   ├── QueueURIError               bad queue URI: unknown/malformed parameter, credentials
+    │   │   └── UnknownSchemeError          no backend for the scheme (lists the registered ones)
+    │   ├── BackendUnavailableError     known scheme whose backend cannot be imported (yet)
+    │   ├── QueueClosedError            the queue handle was closed
+    │   ├── ReceiptError                stale, foreign or invalid receipt (ack/nack/extend)
+    │   └── BatchLimitError             more entries than the backend's declared capabilities
     └── AwsError                    an AWS call failed (``code``, ``operation``)
         ├── ResourceNotFoundError
         │   ├── QueueNotFoundError
@@ -53,6 +60,8 @@ __all__ = [
     "AwsConnectionError",
     "AwsError",
     "AwsValidationError",
+    "BackendUnavailableError",
+    "BatchLimitError",
     "BatchSendError",
     "BodyDecodeError",
     "BucketNotFoundError",
@@ -70,13 +79,18 @@ __all__ = [
     "MsgclusterError",
     "ObjectNotFoundError",
     "PayloadNotLoadedError",
+    "QueueClosedError",
+    "QueueError",
     "QueueNotFoundError",
+    "QueueURIError",
+    "ReceiptError",
     "RecordError",
     "RecordNotFoundError",
     "ResourceNotFoundError",
     "TableNotFoundError",
     "ThrottledError",
     "TransactionCanceledError",
+    "UnknownSchemeError",
     "ValidationError",
     "aws_errors",
     "translate",
@@ -188,6 +202,57 @@ class CallbackError(MsgclusterError):
         self.cluster_id = cluster_id
         self.attempts = attempts
         self.final = final
+
+
+class QueueError(MsgclusterError):
+    """A queue opened with :func:`msgcluster.queues.open_queue` refused an operation."""
+
+
+class QueueURIError(QueueError, ConfigurationError):
+    """A queue URI or option is wrong: malformed, unknown or invalid parameter, or
+    credentials in the URI. The message names the valid parameters; it never
+    repeats a password."""
+
+
+class UnknownSchemeError(QueueURIError):
+    """No backend is registered for the URI's scheme.
+
+    ``scheme`` is the one asked for, ``registered`` every known scheme and
+    ``suggestion`` the closest of them (or None).
+    """
+
+    def __init__(
+        self, message: str, *, scheme: str, registered: tuple[str, ...], suggestion: str | None
+    ) -> None:
+        super().__init__(message)
+        self.scheme = scheme
+        self.registered = registered
+        self.suggestion = suggestion
+
+
+class BackendUnavailableError(QueueError, ConfigurationError):
+    """The scheme is known but its backend cannot be imported: not implemented
+    in this version, or an optional dependency is missing (the message says which)."""
+
+
+class QueueClosedError(QueueError):
+    """The queue handle was closed (``aclose``); open a new one."""
+
+
+class ReceiptError(QueueError):
+    """A receipt no longer (or never) grants the operation: the message was
+    received again by someone else since, it belongs to another queue, or its
+    visibility already expired. ``message_id`` names the message."""
+
+    def __init__(self, message: str, *, message_id: str = "") -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class BatchLimitError(QueueError, ValidationError):
+    """A call asked for more than the backend's ``capabilities`` allow (entries
+    per send/ack, bytes per send, messages per receive). Nothing was done:
+    backends never split a batch, the caller does."""
 
 
 class AwsError(MsgclusterError):

@@ -1,0 +1,49 @@
+"""Queues by URI: one small backend contract, backends chosen by scheme.
+
+::
+
+    async with open_queue("memory://jobs?visibility_timeout=5") as queue:
+        await queue.send([b"hello"])
+        (message,) = await queue.receive(wait_seconds=1)
+        await queue.ack([message])
+
+Built in: ``memory://`` (in-process), ``sqs://`` (and SQS queue URLs), and
+``dynamodb://`` (planned). Errors live with every other msgcluster error
+(``msgcluster.QueueError`` and its subclasses).
+"""
+
+from ._contract import (
+    AckResult,
+    Capabilities,
+    OutgoingMessage,
+    Queue,
+    ReceivedMessage,
+    SendResult,
+)
+from ._memory import reset_memory_queues
+from ._registry import (
+    ENTRY_POINT_GROUP,
+    OpeningQueue,
+    QueueFactory,
+    open_queue,
+    register_backend,
+    registered_schemes,
+)
+from ._uri import QueueURI
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AckResult",
+    "Capabilities",
+    "OpeningQueue",
+    "OutgoingMessage",
+    "Queue",
+    "QueueFactory",
+    "QueueURI",
+    "ReceivedMessage",
+    "SendResult",
+    "open_queue",
+    "register_backend",
+    "registered_schemes",
+    "reset_memory_queues",
+]

@@ -1,0 +1,202 @@
+"""Checks every backend applies the same way, so a message that memory://
+accepts is one SQS accepts too (and the conformance suite can say so).
+
+Limits follow SQS: attribute names, characters allowed in text, FIFO group
+and deduplication ids. Whole-call problems raise; per-entry problems are
+returned for the caller to put in that entry's result.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from .._errors import BatchLimitError, MessageTooLargeError, ValidationError
+from ._contract import OutgoingMessage
+
+if TYPE_CHECKING:
+    from ._contract import Capabilities
+
+__all__ = [
+    "RESERVED_ATTRIBUTE_PREFIXES",
+    "PreparedMessage",
+    "check_ack_batch",
+    "check_batch_bytes",
+    "check_receive",
+    "check_send_batch",
+    "check_visibility",
+    "prepare_message",
+]
+
+# Backends may use attributes under "msgcluster." for their own bookkeeping
+# (the sqs backend flags encoded bodies); "aws." and "amazon." are SQS's.
+RESERVED_ATTRIBUTE_PREFIXES = ("msgcluster.", "aws.", "amazon.")
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_-])?")
+# Characters SQS accepts in text (XML 1.0 minus the rest).
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_FIFO_ID = re.compile(r"[!-~]{1,128}")
+
+
+class PreparedMessage(NamedTuple):
+    """One validated entry: the body as bytes and its size as counted
+    against ``max_body_bytes`` (body plus attribute names and values)."""
+
+    body: bytes
+    attributes: dict[str, str]
+    group_id: str | None
+    dedup_id: str | None
+    delay_seconds: float | None
+    size: int
+
+
+def check_send_batch(messages: Sequence[object], capabilities: Capabilities) -> None:
+    # One bytes/str/message passed bare would otherwise be iterated as a batch.
+    if isinstance(messages, bytes | str | OutgoingMessage) or not isinstance(messages, Sequence):
+        raise ValidationError("send takes a sequence of messages: wrap a single one in a list")
+    count = len(messages)
+    if count > capabilities.max_send_batch:
+        raise BatchLimitError(
+            f"send takes at most {capabilities.max_send_batch} messages per call, got {count}"
+        )
+
+
+def check_ack_batch(messages: Sequence[object], capabilities: Capabilities) -> None:
+    if not isinstance(messages, Sequence) or isinstance(messages, bytes | str):
+        raise ValidationError("ack takes a sequence of received messages: wrap one in a list")
+    count = len(messages)
+    if count > capabilities.max_ack_batch:
+        raise BatchLimitError(
+            f"ack takes at most {capabilities.max_ack_batch} messages per call, got {count}"
+        )
+
+
+def check_batch_bytes(sizes: list[int], capabilities: Capabilities) -> None:
+    total = sum(sizes)
+    if total > capabilities.max_send_batch_bytes:
+        raise BatchLimitError(
+            f"a send carries at most {capabilities.max_send_batch_bytes} bytes "
+            f"per call, got {total}"
+        )
+
+
+def check_receive(
+    max_messages: int,
+    wait_seconds: float,
+    visibility_timeout: float | None,
+    capabilities: Capabilities,
+) -> None:
+    if not 1 <= max_messages <= capabilities.max_receive_batch:
+        raise BatchLimitError(
+            f"max_messages must be from 1 to {capabilities.max_receive_batch}, got {max_messages}"
+        )
+    if not _in_range(wait_seconds, capabilities.max_wait_seconds):
+        raise ValidationError(
+            f"wait_seconds must be from 0 to {capabilities.max_wait_seconds:g}, got {wait_seconds}"
+        )
+    if visibility_timeout is not None:
+        check_visibility(visibility_timeout, capabilities, "visibility_timeout")
+
+
+def check_visibility(seconds: float, capabilities: Capabilities, name: str) -> None:
+    if not _in_range(seconds, capabilities.max_visibility_seconds):
+        raise ValidationError(
+            f"{name} must be from 0 to {capabilities.max_visibility_seconds:g} seconds, "
+            f"got {seconds}"
+        )
+
+
+def prepare_message(
+    item: object, capabilities: Capabilities, *, content_based_dedup: bool = False
+) -> PreparedMessage:
+    """Validate one entry of a send; raise ValidationError (or
+    MessageTooLargeError) saying what is wrong with it."""
+    message = item if isinstance(item, OutgoingMessage) else OutgoingMessage(body=item)  # type: ignore[arg-type]
+    body = _body_bytes(message.body)
+    attributes = _checked_attributes(message.attributes, capabilities)
+    size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
+    if size > capabilities.max_body_bytes:
+        raise MessageTooLargeError(
+            f"message is {size} bytes (body plus attributes); the queue takes at most "
+            f"{capabilities.max_body_bytes}"
+        )
+    _check_fifo_fields(message, capabilities, content_based_dedup=content_based_dedup)
+    delay = message.delay_seconds
+    if delay is not None and not _in_range(delay, capabilities.max_delay_seconds):
+        raise ValidationError(
+            f"delay_seconds must be from 0 to {capabilities.max_delay_seconds:g}, got {delay}"
+        )
+    return PreparedMessage(
+        body, attributes, message.group_id, message.dedup_id, message.delay_seconds, size
+    )
+
+
+def _body_bytes(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        try:
+            return body.encode()
+        except UnicodeEncodeError as exc:  # lone surrogates
+            raise ValidationError(f"body is not encodable as UTF-8: {exc}") from exc
+    raise ValidationError(f"a message body is bytes or str, not {type(body).__name__}")
+
+
+def _checked_attributes(attributes: object, capabilities: Capabilities) -> dict[str, str]:
+    if not isinstance(attributes, dict):
+        raise ValidationError("attributes must be a dict of str to str")
+    if len(attributes) > capabilities.max_attributes:
+        raise ValidationError(
+            f"at most {capabilities.max_attributes} attributes per message, got {len(attributes)}"
+        )
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name) or ".." in name:
+            raise ValidationError(
+                f"attribute name {name!r} is invalid: 1-256 of A-Z a-z 0-9 _ - . "
+                "(not starting or ending with '.', no '..')"
+            )
+        if name.lower().startswith(RESERVED_ATTRIBUTE_PREFIXES):
+            raise ValidationError(
+                f"attribute name {name!r} is reserved (prefixes: "
+                f"{', '.join(RESERVED_ATTRIBUTE_PREFIXES)})"
+            )
+        if not isinstance(value, str) or not value:
+            raise ValidationError(f"attribute {name!r} must be a non-empty str")
+        if _NOT_SQS_TEXT.search(value):
+            raise ValidationError(
+                f"attribute {name!r} holds characters queues cannot carry "
+                "(control characters other than tab/newline/CR, or non-characters)"
+            )
+    return attributes
+
+
+def _check_fifo_fields(
+    message: OutgoingMessage, capabilities: Capabilities, *, content_based_dedup: bool
+) -> None:
+    for name, value in (("group_id", message.group_id), ("dedup_id", message.dedup_id)):
+        if value is not None and not (isinstance(value, str) and _FIFO_ID.fullmatch(value)):
+            raise ValidationError(
+                f"{name} must be 1-128 printable ASCII characters (no spaces), got {value!r}"
+            )
+    if not capabilities.fifo:
+        if message.dedup_id is not None:
+            raise ValidationError("dedup_id is only for FIFO queues")
+        return
+    if message.group_id is None:
+        raise ValidationError("a FIFO queue needs a group_id on every message")
+    if message.dedup_id is None and not content_based_dedup:
+        raise ValidationError(
+            "a FIFO queue needs a dedup_id on every message unless it deduplicates by content"
+        )
+    if message.delay_seconds is not None:
+        raise ValidationError("FIFO queues take no per-message delay_seconds (use the queue's)")
+
+
+def _in_range(value: object, high: float) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= high
+    )

@@ -1,0 +1,195 @@
+"""The backend contract: one small Protocol every queue backend implements.
+
+Backends are thin (gocloud's split): they validate, do one request, and report
+per-message outcomes. They never retry and never split a batch larger than
+their declared :class:`Capabilities`; the worker layer above batches, retries
+and backs off.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+
+import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+    from .._errors import MsgclusterError
+
+__all__ = [
+    "AckResult",
+    "Capabilities",
+    "OutgoingMessage",
+    "Queue",
+    "ReceivedMessage",
+    "SendResult",
+]
+
+
+class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A body plus per-message options for :meth:`Queue.send`.
+
+    ``body`` is arbitrary bytes (a ``str`` is sent as UTF-8), empty included.
+    ``attributes`` are string metadata delivered with the message.
+    ``group_id`` orders messages on FIFO queues (required there);
+    ``dedup_id`` drops repeats on FIFO queues within 5 minutes (required there
+    unless the queue deduplicates by content). ``delay_seconds`` overrides the
+    queue's default delay (standard queues only); None keeps the default.
+    """
+
+    body: bytes | str
+    attributes: dict[str, str] = {}
+    group_id: str | None = None
+    dedup_id: str | None = None
+    delay_seconds: float | None = None
+
+
+class ReceivedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message handed out by :meth:`Queue.receive`; it stays invisible to
+    other receivers until acked, nacked or its visibility timeout expires.
+
+    ``receive_count`` is 1 on first delivery. ``sent_at`` is wall-clock Unix
+    seconds when the backend knows it. ``receipt`` is the backend's opaque
+    handle for this delivery (ack/nack/extend use it): not for users, and
+    superseded when the message is received again.
+    """
+
+    id: str
+    body: bytes
+    receive_count: int
+    attributes: dict[str, str] = {}
+    group_id: str | None = None
+    sent_at: float | None = None
+    receipt: str = ""
+
+
+class SendResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one entry of :meth:`Queue.send`, at ``index`` in the input.
+
+    Exactly one of ``id`` (the message id) and ``error`` is set. A refused
+    entry is reported here, not raised, so the others are not lost.
+    """
+
+    index: int
+    id: str | None = None
+    error: MsgclusterError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class AckResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of acking one message (``id``), at ``index`` in the input.
+
+    ``error`` is None when the message is gone from the queue, including when
+    it was already acked: acks are idempotent, so an ack retried after a lost
+    response is harmless.
+    """
+
+    index: int
+    id: str
+    error: MsgclusterError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a queue supports; the layer above sizes batches by these.
+
+    ``native_dlq``: the backend moves a message to its dead-letter queue
+    itself once it would be received more than the queue's max receives.
+    ``strict_receipts``: a superseded receipt (the message was received again
+    since) is always refused with :class:`~msgcluster.ReceiptError`. SQS cannot
+    promise it: a stale delete may be ignored or applied.
+    ``max_body_bytes`` is the largest UTF-8 text body accepted (attributes
+    count against it too); backends that must encode binary bodies (sqs:
+    base64) accept binary bodies of at least half of it.
+    """
+
+    fifo: bool
+    native_dlq: bool
+    strict_receipts: bool
+    max_send_batch: int
+    max_send_batch_bytes: int
+    max_receive_batch: int
+    max_ack_batch: int
+    max_body_bytes: int
+    max_attributes: int
+    max_delay_seconds: float
+    max_visibility_seconds: float
+    max_wait_seconds: float
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """A queue opened by :func:`msgcluster.queues.open_queue`.
+
+    Every method raises :class:`~msgcluster.QueueClosedError` after
+    :meth:`aclose`. Limits come from :attr:`capabilities`: a call over them
+    raises :class:`~msgcluster.BatchLimitError` and does nothing.
+    """
+
+    @property
+    def uri(self) -> str:
+        """The URI the queue was opened with (never contains credentials)."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
+        """Send up to ``max_send_batch`` messages; one result per input, in order.
+
+        An invalid entry (too large, bad attribute, missing FIFO group...) is
+        reported in its result and the others are sent.
+        """
+        ...
+
+    async def receive(
+        self,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[ReceivedMessage]:
+        """Up to ``max_messages`` visible messages, waiting up to ``wait_seconds``
+        for the first one (long polling: returns as soon as any arrive).
+
+        ``visibility_timeout`` overrides the queue's default for this delivery.
+        """
+        ...
+
+    async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
+        """Delete delivered messages; one result per input, in order."""
+        ...
+
+    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
+        """Make the message visible again after ``delay`` seconds.
+
+        Raises :class:`~msgcluster.ReceiptError` if the receipt no longer holds.
+        """
+        ...
+
+    async def extend(self, message: ReceivedMessage, seconds: float) -> None:
+        """Keep the message invisible until ``seconds`` from now (heartbeat).
+
+        Raises :class:`~msgcluster.ReceiptError` if the receipt no longer holds.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the handle; idempotent. Waiting receives raise QueueClosedError."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
