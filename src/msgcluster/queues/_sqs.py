@@ -1,0 +1,499 @@
+"""``sqs://<queue-name>`` (or a full SQS queue URL): Amazon SQS as a queue backend.
+
+One request per call, as the contract asks: SendMessageBatch, ReceiveMessage
+(long polling), DeleteMessageBatch, ChangeMessageVisibility. Bodies are
+arbitrary bytes: a body SQS cannot carry as text (empty, not UTF-8, or with
+characters outside SQS's XML set) is sent base64-encoded and flagged with the
+``msgcluster.encoding`` message attribute, so every backend round-trips the
+same bytes. The redrive policy (max receives, DLQ) and FIFO-ness are read
+from the queue when it opens; SQS moves messages to its DLQ itself.
+
+Credentials never come from the URI: pass ``client=`` (an aiobotocore SQS
+client, e.g. ``msgcluster.Client(...).sqs``, shared and not closed here) or
+let the default credential chain find them (environment, profile, role).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+
+from .._errors import (
+    AwsError,
+    MessageTooLargeError,
+    MsgclusterError,
+    QueueClosedError,
+    QueueURIError,
+    ReceiptError,
+    ValidationError,
+    aws_errors,
+    translate,
+)
+from ._checks import (
+    check_ack_batch,
+    check_batch_bytes,
+    check_receive,
+    check_send_batch,
+    check_visibility,
+    prepare_message,
+)
+from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
+from ._uri import Param, boolean, integer, read_params, text
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from contextlib import AsyncExitStack
+    from types import TracebackType
+
+    from ._checks import PreparedMessage
+    from ._contract import OutgoingMessage
+    from ._uri import QueueURI
+
+__all__ = ["SqsQueue", "open_sqs_queue"]
+
+#: Message attribute that flags a base64-encoded body (reserved prefix).
+ENCODING_ATTRIBUTE = "msgcluster.encoding"
+REASON_ATTRIBUTE = "msgcluster.dead-letter-reason"
+_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
+# SQS's text: XML 1.0 characters. Anything else must travel encoded.
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}|[A-Za-z0-9_-]{1,75}\.fifo")
+_RECEIPT_CODES = {
+    "ReceiptHandleIsInvalid",
+    "InvalidReceiptHandle",
+    "AWS.SimpleQueueService.ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "AWS.SimpleQueueService.MessageNotInflight",
+    "InvalidParameterValue",
+}
+
+
+def _any(value: object) -> object:
+    return value
+
+
+PARAMS: dict[str, Param[Any]] = {
+    "region": Param(text),
+    "endpoint": Param(text),
+    "account": Param(text),
+    # Default connection pool of a client this backend creates.
+    "max_connections": Param(integer(1, 1000)),
+    # Accept the queue's redrive policy as the DLQ capability (default true).
+    "use_redrive_policy": Param(boolean),
+    "client": Param(_any, query=False),
+    "session": Param(_any, query=False),
+}
+
+
+async def open_sqs_queue(uri: QueueURI, /, **options: Any) -> SqsQueue:
+    """The backend factory registered for ``sqs://`` and SQS queue URLs."""
+    params = read_params(uri, options, PARAMS)
+    queue = SqsQueue(uri.uri, params)
+    try:
+        await queue._open(uri)
+    except BaseException:
+        await queue.aclose()
+        raise
+    return queue
+
+
+def _target(uri: QueueURI) -> tuple[str | None, str]:
+    """(queue URL, queue name) from the URI: a URL for http(s)://, else a name."""
+    if uri.scheme in ("http", "https"):
+        url = uri.uri.split("?", 1)[0]
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        return url, name
+    name = uri.location.rstrip("/")
+    if not _QUEUE_NAME.fullmatch(name):
+        raise QueueURIError(
+            f"sqs:// takes a queue name (1-80 of A-Z a-z 0-9 _ -, FIFO names end in .fifo) "
+            f"or use the queue's URL; got {name!r}"
+        )
+    return None, name
+
+
+class SqsQueue:
+    """A handle on one SQS queue (see :class:`~msgcluster.queues.Queue`)."""
+
+    def __init__(self, uri: str, params: dict[str, Any]) -> None:
+        self._uri = uri
+        self._params = params
+        self._client: Any = params.get("client")
+        self._stack: AsyncExitStack | None = None
+        self._closed = False
+        self._polls: set[anyio.CancelScope] = set()
+        self.url = ""
+        self.name = ""
+        self.max_receives: int | None = None
+        self.dlq_arn: str | None = None
+        self._dlq_url = ""
+        self.content_based_dedup = False
+        self._capabilities: Capabilities | None = None
+
+    async def _open(self, uri: QueueURI) -> None:
+        from contextlib import AsyncExitStack
+
+        url, self.name = _target(uri)
+        if self._client is None:
+            session = self._params.get("session") or AioSession()
+            self._stack = AsyncExitStack()
+            config = AioConfig(
+                max_pool_connections=self._params.get("max_connections", 16),
+                retries={"mode": "standard"},
+            )
+            kwargs: dict[str, Any] = {"config": config}
+            if "region" in self._params:
+                kwargs["region_name"] = self._params["region"]
+            if "endpoint" in self._params:
+                kwargs["endpoint_url"] = self._params["endpoint"]
+            elif url is not None and not url.startswith("https://sqs."):
+                # A local endpoint's queue URL: talk to that endpoint.
+                kwargs["endpoint_url"] = url.split("/", 3)[0] + "//" + url.split("/", 3)[2]
+            self._client = await self._stack.enter_async_context(
+                session.create_client("sqs", **kwargs)
+            )
+        with aws_errors(resource=f"sqs://{self.name}"):
+            if url is None:
+                request: dict[str, Any] = {"QueueName": self.name}
+                if "account" in self._params:
+                    request["QueueOwnerAWSAccountId"] = self._params["account"]
+                url = (await self._client.get_queue_url(**request))["QueueUrl"]
+            self.url = url
+            attributes = (
+                await self._client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+            )["Attributes"]
+        self._capabilities = self._read_capabilities(attributes)
+
+    def _read_capabilities(self, attributes: dict[str, str]) -> Capabilities:
+        fifo = attributes.get("FifoQueue") == "true"
+        self.content_based_dedup = attributes.get("ContentBasedDeduplication") == "true"
+        policy = attributes.get("RedrivePolicy")
+        if policy and self._params.get("use_redrive_policy", True):
+            try:
+                parsed = json.loads(policy)
+                self.max_receives = int(parsed["maxReceiveCount"])
+                self.dlq_arn = str(parsed["deadLetterTargetArn"])
+            except (ValueError, KeyError, TypeError):
+                self.max_receives = self.dlq_arn = None
+        max_size = int(attributes.get("MaximumMessageSize", "262144"))
+        return Capabilities(
+            fifo=fifo,
+            native_dlq=self.dlq_arn is not None,
+            strict_receipts=False,
+            max_send_batch=10,
+            max_send_batch_bytes=max_size,
+            max_receive_batch=10,
+            max_ack_batch=10,
+            max_body_bytes=max_size,
+            max_attributes=9,  # SQS allows 10; one is kept for the encoding flag
+            max_delay_seconds=900,
+            max_visibility_seconds=43_200,
+            max_wait_seconds=20,
+        )
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def capabilities(self) -> Capabilities:
+        assert self._capabilities is not None
+        return self._capabilities
+
+    @property
+    def client(self) -> Any:
+        """The aiobotocore SQS client this queue uses."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<SqsQueue {self.name!r}{' closed' if self._closed else ''}>"
+
+    # ------------------------------------------------------------------ send
+
+    async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
+        self._check_open()
+        caps = self.capabilities
+        check_send_batch(messages, caps)
+        prepared: list[PreparedMessage | MsgclusterError] = []
+        for item in messages:
+            try:
+                prepared.append(
+                    prepare_message(item, caps, content_based_dedup=self.content_based_dedup)
+                )
+            except ValidationError as exc:
+                prepared.append(exc)
+        entries: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        for index, p in enumerate(prepared):
+            if isinstance(p, MsgclusterError):
+                continue
+            entry, size = _entry(index, p, caps)
+            if isinstance(entry, MsgclusterError):
+                prepared[index] = entry
+                continue
+            entries.append(entry)
+            sizes.append(size)
+        check_batch_bytes(sizes, caps)
+        results: dict[int, SendResult] = {
+            i: SendResult(index=i, error=p)
+            for i, p in enumerate(prepared)
+            if isinstance(p, MsgclusterError)
+        }
+        if entries:
+            with aws_errors(resource=self.url):
+                response = await self._client.send_message_batch(QueueUrl=self.url, Entries=entries)
+            for ok in response.get("Successful", []):
+                i = int(ok["Id"])
+                results[i] = SendResult(index=i, id=ok["MessageId"])
+            for failed in response.get("Failed", []):
+                i = int(failed["Id"])
+                results[i] = SendResult(index=i, error=_entry_error(failed, self.url))
+        return [results[i] for i in range(len(prepared))]
+
+    # --------------------------------------------------------------- receive
+
+    async def receive(
+        self,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[ReceivedMessage]:
+        self._check_open()
+        check_receive(max_messages, wait_seconds, visibility_timeout, self.capabilities)
+        request: dict[str, Any] = {
+            "QueueUrl": self.url,
+            "MaxNumberOfMessages": max_messages,
+            # SQS waits in whole seconds; never shorter than asked.
+            "WaitTimeSeconds": math.ceil(wait_seconds),
+            "MessageSystemAttributeNames": _SYSTEM_ATTRIBUTES,
+            "MessageAttributeNames": ["All"],
+        }
+        if visibility_timeout is not None:
+            request["VisibilityTimeout"] = math.ceil(visibility_timeout)
+        # A long poll holds the connection for up to 20 s; aclose() cancels
+        # it through this scope so shutdown never waits out the poll. Any
+        # message SQS handed out on the cancelled request reappears after its
+        # visibility timeout: nothing is lost.
+        scope = anyio.CancelScope()
+        self._polls.add(scope)
+        try:
+            with scope, aws_errors(resource=self.url):
+                response = await self._client.receive_message(**request)
+        finally:
+            self._polls.discard(scope)
+        if scope.cancelled_caught:
+            raise QueueClosedError(f"{self._uri} was closed during a receive")
+        return [_received(m) for m in response.get("Messages", [])]
+
+    # ------------------------------------------------------ ack, nack, extend
+
+    async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
+        self._check_open()
+        check_ack_batch(messages, self.capabilities)
+        results: dict[int, AckResult] = {}
+        entries = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, ReceivedMessage) or not message.receipt:
+                error = ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
+                results[index] = AckResult(index=index, id="", error=error)
+                continue
+            entries.append({"Id": str(index), "ReceiptHandle": message.receipt})
+        if entries:
+            with aws_errors(resource=self.url):
+                response = await self._client.delete_message_batch(
+                    QueueUrl=self.url, Entries=entries
+                )
+            for ok in response.get("Successful", []):
+                i = int(ok["Id"])
+                results[i] = AckResult(index=i, id=messages[i].id)
+            for failed in response.get("Failed", []):
+                i = int(failed["Id"])
+                failure = _entry_error(failed, self.url)
+                results[i] = AckResult(index=i, id=messages[i].id, error=failure)
+        return [results[i] for i in range(len(messages))]
+
+    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
+        self._check_open()
+        check_visibility(delay, self.capabilities, "delay")
+        await self._change_visibility(message, math.ceil(delay))
+
+    async def extend(self, message: ReceivedMessage, seconds: float) -> None:
+        self._check_open()
+        check_visibility(seconds, self.capabilities, "seconds")
+        await self._change_visibility(message, math.ceil(seconds))
+
+    async def _change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
+        if not isinstance(message, ReceivedMessage) or not message.receipt:
+            raise ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
+        try:
+            await self._client.change_message_visibility(
+                QueueUrl=self.url, ReceiptHandle=message.receipt, VisibilityTimeout=seconds
+            )
+        except Exception as exc:
+            error = translate(exc, resource=self.url)
+            if getattr(error, "code", None) in _RECEIPT_CODES:
+                raise ReceiptError(
+                    f"message {message.id}: this delivery's receipt no longer holds "
+                    f"(acked, or received again after its visibility timeout): {error}"
+                ) from exc
+            raise error from exc
+
+    # ------------------------------------------------------------ dead letter
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str = "") -> bool:
+        """Move a delivered message to the queue's DLQ now (send a copy, then
+        delete it); False if the queue has no redrive policy. The copy keeps
+        the body and attributes and adds ``msgcluster.dead-letter-reason``."""
+        self._check_open()
+        if self.dlq_arn is None:
+            return False
+        if not self._dlq_url:
+            *_, account, name = self.dlq_arn.split(":", 5)
+            with aws_errors(resource=self.dlq_arn):
+                found = await self._client.get_queue_url(
+                    QueueName=name, QueueOwnerAWSAccountId=account
+                )
+            self._dlq_url = found["QueueUrl"]
+        body = _wire_body(message.body)
+        attributes = {
+            name: {"DataType": "String", "StringValue": value}
+            for name, value in message.attributes.items()
+        }
+        if body is None:
+            body = base64.b64encode(message.body).decode("ascii")
+            attributes[ENCODING_ATTRIBUTE] = {"DataType": "String", "StringValue": "base64"}
+        if reason:
+            attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": reason[:1000]}
+        request: dict[str, Any] = {
+            "QueueUrl": self._dlq_url,
+            "MessageBody": body,
+            "MessageAttributes": attributes,
+        }
+        if self.capabilities.fifo:
+            request["MessageGroupId"] = message.group_id or "dead-letter"
+            request["MessageDeduplicationId"] = message.id
+        with aws_errors(resource=self._dlq_url):
+            await self._client.send_message(**request)
+        # Only now delete it: a crash in between leaves a copy, never a loss.
+        results = await self.ack([message])
+        if results[0].error is not None:
+            raise results[0].error
+        return True
+
+    # ----------------------------------------------------------------- close
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for scope in self._polls:
+            scope.cancel()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosedError(f"{self._uri} is closed")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _entry(
+    index: int, message: PreparedMessage, caps: Capabilities
+) -> tuple[dict[str, Any] | MsgclusterError, int]:
+    """The SendMessageBatch entry of one message and its size on the wire."""
+    body, attributes = _wire_body(message.body), dict(message.attributes)
+    if body is None:
+        body = base64.b64encode(message.body).decode("ascii")
+        attributes[ENCODING_ATTRIBUTE] = "base64"
+    size = len(body.encode()) + sum(
+        len(k.encode()) + len(v.encode()) for k, v in attributes.items()
+    )
+    if size > caps.max_body_bytes:
+        return (
+            MessageTooLargeError(
+                f"message is {size} bytes on the wire (a binary body travels base64-encoded); "
+                f"the queue takes at most {caps.max_body_bytes}"
+            ),
+            size,
+        )
+    entry: dict[str, Any] = {"Id": str(index), "MessageBody": body}
+    if attributes:
+        entry["MessageAttributes"] = {
+            name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+        }
+    if message.group_id is not None:
+        entry["MessageGroupId"] = message.group_id
+    if message.dedup_id is not None:
+        entry["MessageDeduplicationId"] = message.dedup_id
+    if message.delay_seconds is not None:
+        entry["DelaySeconds"] = math.ceil(message.delay_seconds)
+    return entry, size
+
+
+def _wire_body(body: bytes) -> str | None:
+    """The body as SQS text, or None if it must be encoded."""
+    if not body:
+        return None
+    try:
+        text_body = body.decode()
+    except UnicodeDecodeError:
+        return None
+    return None if _NOT_SQS_TEXT.search(text_body) else text_body
+
+
+def _received(message: dict[str, Any]) -> ReceivedMessage:
+    system = message.get("Attributes", {})
+    attributes: dict[str, str] = {}
+    encoding = None
+    for name, value in message.get("MessageAttributes", {}).items():
+        if name == ENCODING_ATTRIBUTE:
+            encoding = value.get("StringValue")
+            continue
+        if "StringValue" in value:
+            attributes[name] = value["StringValue"]
+        elif "BinaryValue" in value:
+            attributes[name] = base64.b64encode(value["BinaryValue"]).decode("ascii")
+    raw = message["Body"]
+    body = base64.b64decode(raw) if encoding == "base64" else raw.encode()
+    sent = system.get("SentTimestamp")
+    return ReceivedMessage(
+        id=message["MessageId"],
+        body=body,
+        receive_count=int(system.get("ApproximateReceiveCount", "1")),
+        attributes=attributes,
+        group_id=system.get("MessageGroupId"),
+        sent_at=int(sent) / 1000 if sent else None,
+        receipt=message["ReceiptHandle"],
+    )
+
+
+def _entry_error(failed: dict[str, Any], url: str) -> MsgclusterError:
+    code = failed.get("Code", "")
+    text_ = f"{code}: {failed.get('Message', '')} ({url})"
+    if code in _RECEIPT_CODES:
+        return ReceiptError(text_)
+    if failed.get("SenderFault"):
+        return ValidationError(text_)
+    return AwsError(text_, code=code)
