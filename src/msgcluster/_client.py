@@ -297,10 +297,15 @@ class Client:
         TransactWriteItems; acknowledge the messages after it returns."""
         return await _consume.mark_complete_batch(self.ctx, records)
 
-    async def mark_failed(self, record: object, error: BaseException | str) -> MessageRecord | None:
+    async def mark_failed(
+        self, record: object, error: BaseException | str, *, final: bool | None = None
+    ) -> MessageRecord | None:
         """Record a failed attempt (bounded error list). On the queue's last receive a
-        message's record becomes ERROR and a task is counted as failed."""
-        return await _consume.mark_failed(self.ctx, record, error)
+        message's record becomes ERROR and a task is counted as failed.
+
+        ``final=True`` makes this the last attempt whatever the receive count
+        (the message is being dead-lettered now); ``None`` asks the queue."""
+        return await _consume.mark_failed(self.ctx, record, error, final=final)
 
     async def safe_process_batch(
         self,

@@ -153,20 +153,23 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
 
 
 async def mark_failed(
-    ctx: Context, record: object, error: BaseException | str
+    ctx: Context, record: object, error: BaseException | str, *, final: bool | None = None
 ) -> MessageRecord | None:
-    """Record a failed attempt. A task on its last receive is counted as failed."""
+    """Record a failed attempt. A task on its last receive (or ``final``) is
+    counted as failed."""
     key, message = _messages.record_key(record)
     kind = kind_of(key)
     if kind is Kind.EVENT:
         log.warning("completion event of %s failed: %s", key.pk, error)
         return None
     if kind is Kind.MESSAGE:
-        return await _messages.mark_failed(ctx, record, error)
+        return await _messages.mark_failed(ctx, record, error, final=final)
     receive_count = message.receive_count if message is not None else 0
-    max_receives = await _messages._max_receives(ctx, record)
-    if max_receives is None or receive_count < max_receives:
-        return await _messages.mark_failed(ctx, record, error)
+    if final is None:
+        max_receives = await _messages._max_receives(ctx, record)
+        final = max_receives is not None and receive_count >= max_receives
+    if not final:
+        return await _messages.mark_failed(ctx, record, error, final=False)
     entry = ErrorEntry(
         at=iso_now(),
         message=(str(error) or type(error).__name__)[: _messages.MAX_ERROR_TEXT],

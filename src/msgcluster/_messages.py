@@ -519,7 +519,7 @@ async def mark_complete(ctx: Context, record: object) -> bool:
 
 
 async def mark_failed(
-    ctx: Context, record: object, error: BaseException | str
+    ctx: Context, record: object, error: BaseException | str, *, final: bool | None = None
 ) -> MessageRecord | None:
     """Record one failed attempt on the message's record.
 
@@ -531,8 +531,9 @@ async def mark_failed(
     """
     key, message = record_key(record)
     receive_count = message.receive_count if message is not None else 0
-    max_receives = await _max_receives(ctx, record)
-    final = max_receives is not None and receive_count >= max_receives
+    if final is None:
+        max_receives = await _max_receives(ctx, record)
+        final = max_receives is not None and receive_count >= max_receives
     status = Status.ERROR if final else Status.IN_PROGRESS
     now = iso_now()
     entry = ErrorEntry(

@@ -1,0 +1,147 @@
+"""``App``: typed handlers, decoded with msgspec, and the cluster callback.
+
+An app is a registry; :class:`~msgcluster.worker.Worker` runs it against a
+queue. One body type per handler: a Struct (tagged Structs dispatch by tag),
+or any type msgspec decodes. Several handlers need types msgspec can tell
+apart in one union (tagged Structs, or one Struct plus non-object types);
+that is checked when a handler is registered, not when a message arrives.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, Union
+
+import msgspec
+
+from .._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .._callbacks import ClusterCallback
+    from .._client import Client
+    from ._context import MessageContext
+
+__all__ = ["App", "Handler"]
+
+T = TypeVar("T")
+Handler = Callable[..., Awaitable[Any]]
+
+
+class _Registered:
+    __slots__ = ("func", "takes_context", "type")
+
+    def __init__(self, type_: Any, func: Handler, takes_context: bool) -> None:
+        self.type = type_
+        self.func = func
+        self.takes_context = takes_context
+
+
+class App:
+    """Handlers by body type, the cluster completion callback, and the Client
+    used for tracked messages and cluster tasks.
+
+    ``client`` is needed only for tracked messages (sent with
+    ``Client.send_message`` / cluster tasks): they are checked, completed and
+    counted through it. Plain bodies on a queue need no client.
+    """
+
+    def __init__(self, client: Client | None = None, *, name: str = "msgcluster") -> None:
+        self.client = client
+        self.name = name
+        self._handlers: list[_Registered] = []
+        self._decoder: msgspec.json.Decoder[Any] | None = None
+        self._by_type: dict[type, _Registered] = {}
+        self.cluster_callback: ClusterCallback | None = None
+
+    # ---------------------------------------------------------- registration
+
+    def handler(self, body_type: type[T]) -> Callable[[Handler], Handler]:
+        """Register ``async def handle(body: body_type[, ctx: MessageContext])``."""
+
+        def register(func: Handler) -> Handler:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"handler {getattr(func, '__name__', func)!r} must be an async function"
+                )
+            params = [
+                p
+                for p in inspect.signature(func).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            if not 1 <= len(params) <= 2:
+                raise ConfigurationError(
+                    f"handler {func.__name__!r} takes (body) or (body, ctx), "
+                    f"not {len(params)} positional parameters"
+                )
+            if any(r.type == body_type for r in self._handlers):
+                raise ConfigurationError(f"a handler for {body_type!r} is already registered")
+            registered = _Registered(body_type, func, len(params) == 2)
+            self._rebuild([*self._handlers, registered])
+            return func
+
+        return register
+
+    def on_cluster_complete(self, callback: ClusterCallback) -> ClusterCallback:
+        """Register the cluster completion callback (usable as a decorator):
+        ``callback(record, get_globals)``, run exactly once per cluster by
+        whichever worker finishes it or consumes its completion event."""
+        if self.cluster_callback is not None and self.cluster_callback is not callback:
+            raise ConfigurationError("a cluster completion callback is already registered")
+        self.cluster_callback = callback
+        if self.client is not None:
+            self.client.register_cluster_callback(callback)
+        return callback
+
+    def _rebuild(self, handlers: list[_Registered]) -> None:
+        types = tuple(r.type for r in handlers)
+        target: Any = types[0] if len(types) == 1 else Union[types]  # noqa: UP007
+        try:
+            decoder = msgspec.json.Decoder(target)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"handlers for {', '.join(map(repr, types))} cannot share one queue: msgspec "
+                f"cannot tell their bodies apart ({exc}); use tagged Structs "
+                "(msgspec.Struct, tag=True)"
+            ) from exc
+        self._handlers = handlers
+        self._decoder = decoder
+        self._by_type = {r.type: r for r in handlers if isinstance(r.type, type)}
+
+    # --------------------------------------------------------------- dispatch
+
+    @property
+    def body_type(self) -> Any:
+        """The type bodies are decoded into (a Union for several handlers)."""
+        types = tuple(r.type for r in self._handlers)
+        if not types:
+            return Any
+        return types[0] if len(types) == 1 else Union[types]  # noqa: UP007
+
+    def decode(self, raw: bytes | msgspec.Raw) -> Any:
+        """Decode a plain (untracked) body; raises msgspec errors."""
+        if self._decoder is None:
+            raise ConfigurationError("the app has no handlers: register one with @app.handler")
+        return self._decoder.decode(raw)
+
+    def handler_for(self, body: Any) -> _Registered:
+        if len(self._handlers) == 1:
+            return self._handlers[0]
+        for cls in type(body).__mro__:
+            found = self._by_type.get(cls)
+            if found is not None:
+                return found
+        for registered in self._handlers:  # generic aliases: first that accepts it
+            try:
+                msgspec.convert(body, registered.type)
+            except (msgspec.ValidationError, TypeError):
+                continue
+            return registered
+        raise ConfigurationError(f"no handler for a body of type {type(body).__name__}")
+
+    async def dispatch(self, body: Any, ctx: MessageContext) -> None:
+        registered = self.handler_for(body)
+        if registered.takes_context:
+            await registered.func(body, ctx)
+        else:
+            await registered.func(body)

@@ -1,0 +1,516 @@
+"""The worker runtime: receivers feed handler slots; settle in batches.
+
+Shape (saq / faststream style, on anyio):
+
+* ``receivers`` long-polling loops each take up to 10 messages, but only as
+  many as there are free *slots* (``concurrency + prefetch``): memory and
+  invisible-but-idle messages are bounded.
+* A receive batch is settled as a unit: tracked messages are checked with
+  one ``is_complete_batch`` (duplicates are acked without running), handlers
+  run under a ``concurrency`` limiter, successful tracked messages are
+  completed/counted with one ``mark_complete_batch``, then acked in one call.
+  Nothing is acked before every write it causes has been applied.
+* A heartbeat extends the visibility of messages whose handler still runs
+  (up to ``max_extension`` in all).
+* Failure: the message becomes visible again after a jittered exponential
+  backoff; on its last receive a tracked message is recorded as failed (a
+  cluster task counts as failed) and the queue's DLQ takes it. ``Reject`` and
+  undecodable bodies go to the DLQ at once.
+* Shutdown (``stop()``, SIGTERM/SIGINT): stop receiving, release messages
+  whose handler has not started, let running handlers finish within
+  ``grace_seconds``, then cancel them (their messages are released), and
+  settle what finished. ``burst=True`` stops when a receive comes back empty
+  with nothing in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from .._errors import EnvelopeError, MsgclusterError, QueueClosedError, RecordError
+from .._records import SqsMessage, parse_envelope
+from .._schemas import RecordType
+from ..queues import Queue, ReceivedMessage, open_queue
+from ._context import MessageContext
+from ._flow import Ack, Reject, Retry
+from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
+
+if TYPE_CHECKING:
+    from .._records import ParsedRecord
+    from ._app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("msgcluster.worker")
+
+
+class _Item:
+    """One received message on its way through the batch."""
+
+    __slots__ = (
+        "body",
+        "ctx",
+        "error",
+        "message",
+        "outcome",
+        "record",
+        "retry_delay",
+        "running",
+        "seconds",
+        "settled",
+    )
+
+    def __init__(self, message: ReceivedMessage, queue: Queue) -> None:
+        self.message = message
+        self.ctx = MessageContext(message, queue)
+        self.record: ParsedRecord[Any] | None = None
+        self.body: Any = None
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+        self.retry_delay: float | None = None
+        self.running = False
+        self.settled = False
+        self.seconds = 0.0
+
+
+class Worker:
+    """Consume one queue with an :class:`App`'s handlers.
+
+    ``queue``: a URI (opened and closed by the worker) or an open
+    :class:`~msgcluster.queues.Queue`. Use ``await worker.run()``; it returns
+    :class:`WorkerStats` when stopped (``stop()``, a signal, or ``burst``).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queue: str | Queue,
+        *,
+        concurrency: int = 16,
+        receivers: int | None = None,
+        prefetch: int | None = None,
+        wait_seconds: float = 10.0,
+        visibility_timeout: float = 30.0,
+        max_extension: float = 3600.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        grace_seconds: float = 30.0,
+        burst: bool = False,
+        handle_signals: bool = True,
+        metrics: WorkerMetrics | None = None,
+        queue_options: dict[str, Any] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.app = app
+        self._queue_arg = queue
+        self._queue_options = queue_options or {}
+        self.concurrency = concurrency
+        self.receivers = receivers or max(1, min(4, math.ceil(concurrency / 10)))
+        self.prefetch = 10 * self.receivers if prefetch is None else prefetch
+        self.wait_seconds = wait_seconds
+        self.visibility_timeout = visibility_timeout
+        self.max_extension = max_extension
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.grace_seconds = grace_seconds
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.metrics: WorkerMetrics = metrics or LoggingMetrics()
+        self.stats = WorkerStats()
+        self._stopping = anyio.Event()
+        self._slots = anyio.Semaphore(concurrency + self.prefetch)
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._running: dict[int, tuple[_Item, float, float]] = {}  # id -> item, started, until
+        self._in_flight = 0
+        self._batches_settled = 0
+        self._idle = anyio.Event()
+        self._queue: Queue | None = None
+
+    # ------------------------------------------------------------------ API
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent; safe from a handler)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> WorkerStats:
+        if isinstance(self._queue_arg, str):
+            async with open_queue(self._queue_arg, **self._queue_options) as queue:
+                return await self._run(queue)
+        return await self._run(self._queue_arg)
+
+    async def _run(self, queue: Queue) -> WorkerStats:
+        self._queue = queue
+        self.stats = WorkerStats()
+        async with anyio.create_task_group() as service:
+            if self.handle_signals:
+                service.start_soon(self._watch_signals)
+            service.start_soon(self._heartbeat)
+            async with anyio.create_task_group() as batches:
+                async with anyio.create_task_group() as receiving:
+                    for _ in range(self.receivers):
+                        receiving.start_soon(self._receive_loop, queue, batches)
+                    await self._stopping.wait()
+                    receiving.cancel_scope.cancel()
+                # Receiving stopped: drain what is in flight, then cut it off.
+                with anyio.move_on_after(self.grace_seconds):
+                    while self._in_flight:
+                        self._idle = anyio.Event()
+                        await self._idle.wait()
+                if self._in_flight:
+                    log.warning(
+                        "grace period over: cancelling %d in-flight messages", self._in_flight
+                    )
+                    batches.cancel_scope.cancel()
+            service.cancel_scope.cancel()
+        self.stats.stopped_at = time.monotonic()
+        self.metrics.stopped(self.stats)
+        return self.stats
+
+    # ------------------------------------------------------------- receiving
+
+    async def _receive_loop(self, queue: Queue, batches: anyio.abc.TaskGroup) -> None:
+        failures = 0
+        max_batch = min(10, queue.capabilities.max_receive_batch)
+        while not self._stopping.is_set():
+            wanted = await self._reserve(max_batch)
+            settled_before = self._batches_settled
+            try:
+                messages = await queue.receive(
+                    wanted,
+                    wait_seconds=min(self.wait_seconds, queue.capabilities.max_wait_seconds),
+                    visibility_timeout=self.visibility_timeout,
+                )
+            except QueueClosedError:
+                self._release_slots(wanted)
+                self.stop()
+                return
+            except Exception as exc:
+                # Throttling, network: keep running, back off.
+                self._release_slots(wanted)
+                failures += 1
+                delay = self._backoff(failures, cap=20.0)
+                log.warning("receive failed (%s); retrying in %.1f s", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            failures = 0
+            self._release_slots(wanted - len(messages))
+            if not messages:
+                # Burst: empty only counts if nothing settled while this
+                # receive waited (a retry made visible meanwhile may be missed
+                # by a long poll that started before it).
+                if self.burst and self._in_flight == 0 and settled_before == self._batches_settled:
+                    self.stop()
+                continue
+            self._add_in_flight(len(messages))
+            batches.start_soon(self._settle_batch, queue, messages)
+
+    async def _reserve(self, most: int) -> int:
+        await self._slots.acquire()
+        got = 1
+        while got < most:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                break
+            got += 1
+        return got
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    def _add_in_flight(self, delta: int) -> None:
+        self._in_flight += delta
+        self.metrics.in_flight(self._in_flight)
+        if self._in_flight == 0:
+            self._idle.set()
+
+    # -------------------------------------------------------------- settling
+
+    async def _settle_batch(self, queue: Queue, messages: list[ReceivedMessage]) -> None:
+        items = [_Item(m, queue) for m in messages]
+        try:
+            await self._prepare(items)
+            async with anyio.create_task_group() as handlers:
+                for item in items:
+                    if item.outcome is None:
+                        handlers.start_soon(self._handle, item)
+            await self._complete(queue, items)
+        except Exception as exc:
+            # A settle step failed (AWS down?): nothing unsettled is acked; it
+            # is released below and comes back, and duplicates are skipped.
+            log.error("settling a batch of %d failed: %r", len(items), exc)
+        finally:
+            # Whatever is not settled by now (cancelled at shutdown, or a
+            # settle step failed) becomes visible again for another worker.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self._release(queue, [i for i in items if not i.settled])
+            self._release_slots(len(items))
+            self._batches_settled += 1
+            self._add_in_flight(-len(items))
+
+    async def _prepare(self, items: list[_Item]) -> None:
+        """Decode; check tracked messages (one request); find poison."""
+        client = self.app.client
+        tracked: list[_Item] = []
+        for item in items:
+            message = item.message
+            text = _text(message.body)
+            envelope = None
+            if text is not None:
+                try:
+                    envelope = parse_envelope(SqsMessage(id=message.id, body=text))
+                except EnvelopeError:
+                    envelope = None
+            if envelope is None:
+                try:
+                    item.body = self.app.decode(message.body)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    self._poison(item, f"body does not decode as {self.app.body_type!r}: {exc}")
+                continue
+            if client is None:
+                item.error = MsgclusterError(
+                    "a tracked message (sent with Client.send_message or a cluster task) "
+                    "needs App(client=...) to be completed; it is retried"
+                )
+                item.outcome = Outcome.RETRIED
+                continue
+            try:
+                item.record = await client.load_sqs_record(
+                    _sqs_dict(message), body_type=self.app.body_type
+                )
+            except RecordError as exc:
+                self._poison(item, str(exc))
+                continue
+            item.ctx.record = item.record
+            item.body = item.record.body if item.record.type is not RecordType.CLUSTER else None
+            tracked.append(item)
+        if tracked and client is not None:
+            done = await client.is_complete_batch([i.record for i in tracked])
+            for item, complete in zip(tracked, done, strict=True):
+                if complete:
+                    item.outcome = Outcome.SKIPPED
+
+    def _poison(self, item: _Item, reason: str) -> None:
+        log.error("message %s is poison: %s", item.message.id, reason)
+        item.error = Reject(reason)
+        item.outcome = Outcome.DEAD_LETTERED
+
+    async def _handle(self, item: _Item) -> None:
+        async with self._limiter:
+            if self._stopping.is_set():
+                item.outcome = Outcome.RELEASED  # prefetched, never started
+                return
+            started = time.monotonic()
+            self._running[id(item)] = (item, started, started + self.visibility_timeout)
+            try:
+                if item.record is not None and item.record.type is RecordType.CLUSTER:
+                    await self._run_completion_event(item)
+                else:
+                    await self.app.dispatch(item.body, item.ctx)
+                    item.outcome = Outcome.SUCCEEDED
+            except Ack:
+                item.outcome = Outcome.SUCCEEDED
+            except Retry as exc:
+                item.outcome, item.retry_delay, item.error = Outcome.RETRIED, exc.delay, exc
+            except Reject as exc:
+                item.outcome, item.error = Outcome.DEAD_LETTERED, exc
+            except Exception as exc:
+                log.warning("handler failed for message %s: %r", item.message.id, exc)
+                item.outcome, item.error = Outcome.RETRIED, exc
+            finally:
+                item.seconds = time.monotonic() - started
+                self._running.pop(id(item), None)
+
+    async def _run_completion_event(self, item: _Item) -> None:
+        client, callback = self.app.client, self.app.cluster_callback
+        if client is None or callback is None or item.record is None:
+            # No callback registered on this app: there is nothing to run, and
+            # retrying would only walk the event to the DLQ. (Consume a
+            # cluster's completion events with the app that has its callback.)
+            log.debug("completion event %s: the app has no cluster callback", item.message.id)
+            item.outcome = Outcome.SKIPPED
+            return
+        if await client.on_cluster_complete(item.record, callback):
+            item.outcome = Outcome.CALLBACK
+        elif (await client.is_complete_batch([item.record]))[0]:
+            # It already ran (the last task's batch ran it): the event is spent.
+            item.outcome = Outcome.SKIPPED
+        else:
+            # Running elsewhere under a lease: look again when it may have ended.
+            item.outcome, item.retry_delay = Outcome.RETRIED, self.visibility_timeout
+
+    async def _complete(self, queue: Queue, items: list[_Item]) -> None:
+        client = self.app.client
+        done = [i.record for i in items if i.outcome is Outcome.SUCCEEDED and i.record is not None]
+        if done and client is not None:
+            await client.mark_complete_batch(done)
+            callback = self.app.cluster_callback
+            if callback is not None:
+                for key in {r.cluster_key for r in done if r.cluster_key is not None}:
+                    try:
+                        await client.on_cluster_complete(key, callback)
+                    except MsgclusterError as exc:
+                        # Recorded on the cluster; its completion event retries it.
+                        log.warning("cluster callback failed: %s", exc)
+        ack = [
+            i for i in items if i.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.CALLBACK)
+        ]
+        await self._ack(queue, ack)
+        for item in items:
+            if item.outcome is Outcome.RETRIED:
+                await self._retry(queue, item)
+            elif item.outcome is Outcome.DEAD_LETTERED:
+                await self._dead_letter(queue, item)
+
+    async def _ack(self, queue: Queue, items: list[_Item]) -> None:
+        step = queue.capabilities.max_ack_batch
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            results = await queue.ack([i.message for i in chunk])
+            for item, result in zip(chunk, results, strict=True):
+                if not result.ok:
+                    # Redelivered later, then skipped as complete: harmless.
+                    log.warning("ack of %s failed: %s", item.message.id, result.error)
+                self._settled(item, item.outcome or Outcome.SUCCEEDED)
+
+    async def _retry(self, queue: Queue, item: _Item) -> None:
+        message = item.message
+        last = _max_receives(queue)
+        if last is not None and message.receive_count >= last and item.error is not None:
+            # The queue's DLQ takes it on the next receive: record it now.
+            await self._record_failure(item, final=True)
+            item.outcome = Outcome.FAILED
+        elif item.error is not None and not isinstance(item.error, Retry):
+            await self._record_failure(item, final=False)
+        delay = item.retry_delay
+        if delay is None:
+            delay = self._backoff(message.receive_count, cap=self.backoff_max)
+        delay = min(delay, queue.capabilities.max_visibility_seconds)
+        try:
+            await queue.nack(message, delay)
+        except MsgclusterError as exc:
+            log.warning("could not reschedule %s (%s); it reappears on its own", message.id, exc)
+        self._settled(item, item.outcome or Outcome.RETRIED)
+
+    async def _dead_letter(self, queue: Queue, item: _Item) -> None:
+        await self._record_failure(item, final=True)
+        mover = getattr(queue, "dead_letter", None)
+        reason = str(item.error) if item.error else "rejected"
+        if mover is not None and await mover(item.message, reason):
+            self._settled(item, Outcome.DEAD_LETTERED)
+            return
+        # No DLQ to move it to: never drop it; keep it out of the way a while.
+        log.error("message %s rejected but %s has no DLQ; it is kept", item.message.id, queue.uri)
+        await queue.nack(item.message, min(900.0, queue.capabilities.max_visibility_seconds / 2))
+        self._settled(item, Outcome.FAILED)
+
+    async def _record_failure(self, item: _Item, *, final: bool) -> None:
+        client = self.app.client
+        if client is None or item.record is None or item.error is None:
+            return
+        if item.record.type is RecordType.CLUSTER:
+            return
+        error = item.error if isinstance(item.error, Exception) else Exception(str(item.error))
+        try:
+            # Not final: the queue's own receive count decides (None).
+            await client.mark_failed(item.record, error, final=True if final else None)
+        except MsgclusterError as exc:
+            log.warning("could not record the failure of %s: %s", item.message.id, exc)
+
+    async def _release(self, queue: Queue, items: list[_Item]) -> None:
+        for item in items:
+            try:
+                await queue.nack(item.message, 0)
+            except Exception as exc:  # it reappears after its visibility timeout anyway
+                log.debug("release of %s failed: %s", item.message.id, exc)
+            self._settled(item, Outcome.RELEASED)
+
+    def _settled(self, item: _Item, outcome: Outcome) -> None:
+        if item.settled:
+            return
+        item.settled = True
+        item.outcome = outcome
+        sent = item.message.sent_at
+        lag = time.time() - sent if sent is not None else None
+        self.stats.add(outcome, item.seconds, lag)
+        self.metrics.message_done(outcome, item.seconds, lag)
+
+    def _backoff(self, attempt: int, *, cap: float) -> float:
+        """Full-jitter-ish exponential backoff: base * 2^(n-1), jittered 50-100%."""
+        raw = min(cap, self.backoff_base * 2 ** max(0, attempt - 1))
+        return float(raw * random.uniform(0.5, 1.0))
+
+    # ------------------------------------------------------------ heartbeat
+
+    async def _heartbeat(self) -> None:
+        """Extend messages whose handler runs past a third of the timeout."""
+        interval = max(0.5, self.visibility_timeout / 3)
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            queue = self._queue
+            if queue is None:
+                continue
+            for key, (item, started, until) in list(self._running.items()):
+                if until - now > interval * 1.5:
+                    continue
+                if now - started >= self.max_extension:
+                    continue  # capped: let it become visible; a duplicate is skipped
+                try:
+                    await queue.extend(item.message, self.visibility_timeout)
+                except MsgclusterError as exc:
+                    log.warning("heartbeat for %s failed: %s", item.message.id, exc)
+                    continue
+                if key in self._running:
+                    self._running[key] = (item, started, now + self.visibility_timeout)
+
+    async def _watch_signals(self) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("signal %s: stopping gracefully", signal.Signals(signum).name)
+                    self.stop()
+        except (NotImplementedError, ValueError):  # not the main thread / platform
+            return
+
+
+def _text(body: bytes) -> str | None:
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _sqs_dict(message: ReceivedMessage) -> dict[str, Any]:
+    """A ReceiveMessage-shaped dict, for the record readers."""
+    attributes = {"ApproximateReceiveCount": str(message.receive_count)}
+    if message.group_id is not None:
+        attributes["MessageGroupId"] = message.group_id
+    return {
+        "MessageId": message.id,
+        "Body": message.body.decode(),
+        "ReceiptHandle": message.receipt,
+        "Attributes": attributes,
+        "MessageAttributes": {
+            k: {"DataType": "String", "StringValue": v} for k, v in message.attributes.items()
+        },
+    }
+
+
+def _max_receives(queue: Queue) -> int | None:
+    value = getattr(queue, "max_receives", None)
+    return value if isinstance(value, int) else None
