@@ -148,6 +148,11 @@ class Client:
             await stack.aclose()
 
     @property
+    def is_open(self) -> bool:
+        """True between ``__aenter__`` and ``aclose()``."""
+        return self._ctx is not None
+
+    @property
     def ctx(self) -> Context:
         if self._ctx is None:
             raise ConfigurationError("the Client is not open: use `async with Client(...) as mc`")
