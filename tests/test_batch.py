@@ -355,6 +355,35 @@ async def test_unprocessed_items_are_retried(
     await receive_all(mc, queue_url, 20)
 
 
+async def test_completing_a_batch_of_messages_deletes_in_batches(
+    pc: msgcluster.Client,
+    mc: msgcluster.Client,
+    queue_url: str,
+    proxy: FaultProxy,
+    names: dict[str, str],
+) -> None:
+    """30 message records (one twice) in two BatchWriteItems, unprocessed retried;
+    a delete that never applies raises, so nothing gets acknowledged."""
+    keys = await mc.send_message_batch(queue_url, [{"n": n} for n in range(30)])
+    messages = await receive_all(mc, queue_url, 30)
+    records = [await mc.load_sqs_record(m) for m in messages]
+    proxy.add_rule("BatchWriteItem", unprocessed_dynamodb_items(2), times=1)
+    assert await pc.mark_complete_batch([*records, records[0]]) == [True] * 31
+    assert proxy.count("BatchWriteItem") == 3  # 25 + 5, then the 2 left unprocessed
+    assert proxy.count("DeleteItem") == 0
+    assert await stored_keys(mc, names["table"]) == set()
+    assert await mc.is_complete_batch(records) == [True] * 30
+
+    more = await mc.send_message_batch(queue_url, [{"n": n} for n in range(2)])
+    records = [await mc.load_sqs_record(m) for m in await receive_all(mc, queue_url, 2)]
+    proxy.add_rule("BatchWriteItem", unprocessed_dynamodb_items(1))
+    with pytest.raises(msgcluster.ThrottledError):
+        await pc.mark_complete_batch(records)
+    assert len(await stored_keys(mc, names["table"])) == 1
+    assert more.ok
+    assert keys.ok
+
+
 async def test_records_never_written_are_not_sent(
     pc: msgcluster.Client,
     mc: msgcluster.Client,

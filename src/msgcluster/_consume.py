@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import enum
 import logging
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from . import _messages, _payloads
-from ._batching import gather_limited
 from ._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef, cluster_key
 from ._context import iso_now
-from ._dynamo import batch_get
+from ._dynamo import batch_get, batch_write, key_attrs
 from ._fanin import repair, settle_tasks
 from ._itemcodec import to_attr
 from ._schemas import CallbackStatus, ErrorEntry, MessageRecord, RecordKey, Status, StatusCode
@@ -68,6 +66,17 @@ def _classify(records: Sequence[object]) -> list[tuple[RecordKey, SqsMessage | N
         key, message = _messages.record_key(record)
         out.append((key, message, kind_of(key)))
     return out
+
+
+async def _delete_records(ctx: Context, keys: Sequence[RecordKey]) -> None:
+    """Delete message records, 25 per request; raise if any delete did not apply
+    (the messages must then not be acknowledged)."""
+    # A batch may hold the same message twice; BatchWriteItem refuses duplicates.
+    unique = dict.fromkeys((key.pk, key.rk) for key in keys)
+    requests = [{"DeleteRequest": {"Key": key_attrs(pk, rk)}} for pk, rk in unique]
+    failures = await batch_write(ctx, requests)
+    if failures:
+        raise failures[0].error
 
 
 async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[bool]:
@@ -126,19 +135,23 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
     """Complete every record; per record, True if this call completed it.
 
     Tasks of the batch are counted in one transaction (per 90); messages'
-    records are deleted concurrently; a cluster event needs no completion.
+    records are deleted with BatchWriteItem (per 25); a cluster event needs
+    no completion. For a message in a batch, True means its record is gone:
+    a batch delete cannot tell whether a concurrent duplicate deleted it
+    first (a single message's ``mark_complete`` can, and does).
     """
     classified = _classify(records)
     out = [False] * len(classified)
-    message_calls = {
-        index: partial(_messages.mark_complete, ctx, key)
-        for index, (key, _, kind) in enumerate(classified)
-        if kind is Kind.MESSAGE
+    messages = {
+        index: key for index, (key, _, kind) in enumerate(classified) if kind is Kind.MESSAGE
     }
-    if message_calls:
-        results = await gather_limited(ctx.limiter, message_calls.values())
-        for index, result in zip(message_calls, results, strict=True):
-            out[index] = result
+    if len(messages) == 1:
+        ((index, key),) = messages.items()
+        out[index] = await _messages.mark_complete(ctx, key)
+    elif messages:
+        await _delete_records(ctx, list(messages.values()))
+        for index in messages:
+            out[index] = True
     tasks = {
         index: TaskRef(key) for index, (key, _, kind) in enumerate(classified) if kind is Kind.TASK
     }
