@@ -458,6 +458,24 @@ async def test_stale_receipt(h: Harness) -> None:
     await receive_nothing(h)
 
 
+async def test_batched_visibility_changes(h: Harness) -> None:
+    """``change_visibility`` is optional (the worker falls back to nack):
+    where a backend has it, it is the batch form of nack/extend."""
+    batch = getattr(h.queue, "change_visibility", None)
+    if batch is None:
+        pytest.skip("optional method; the worker uses nack/extend instead")
+    await send_ok(h.queue, [b"soon", b"later"])
+    received = {m.body: m for m in await receive_n(h.queue, 2, visibility_timeout=30)}
+    results = await batch([(received[b"soon"], 0), (received[b"later"], 30)])
+    assert [r.ok for r in results] == [True, True]
+    (again,) = await receive_n(h.queue, 1, visibility_timeout=30)
+    assert again.body == b"soon"
+    await receive_nothing(h)
+    with pytest.raises(msgcluster.BatchLimitError):
+        await batch([(again, 1)] * (h.queue.capabilities.max_ack_batch + 1))
+    assert all(r.ok for r in await h.queue.ack([again, received[b"later"]]))
+
+
 async def test_argument_limits(h: Harness) -> None:
     caps = h.queue.capabilities
     with pytest.raises(msgcluster.ValidationError):

@@ -253,3 +253,56 @@ async def test_tracked_messages_and_a_cluster_on_sqs(
         with pytest.raises(msgcluster.RecordNotFoundError):
             await mc.get_message_record(k, consistent_read=True)
     assert stats[Outcome.DEAD_LETTERED] == 1
+
+
+async def test_a_completion_event_waits_out_another_process_callback_lease(
+    mc: msgcluster.Client, names: dict[str, str]
+) -> None:
+    """The event must not be retried every visibility timeout while a (possibly
+    crashed) holder's lease runs: that would walk it to the DLQ first."""
+    urls = await mc.provision(queues=[names["queue"], names["queue"] + "-events"])
+    tasks_url, events_url = urls[names["queue"]], urls[names["queue"] + "-events"]
+    key = await mc.create_message_cluster(
+        tasks_url, [Resize(image="t", width=i) for i in range(3)], completion_queue_url=events_url
+    )
+    tasks_app = App(client=mc)  # no callback: only completes the tasks
+
+    @tasks_app.handler(Resize)
+    async def resize(job: Resize) -> None:
+        pass
+
+    await fast_worker(tasks_app, f"sqs://{names['queue']}", queue_options={"client": mc.sqs}).run()
+    holding, release = anyio.Event(), anyio.Event()
+
+    async def elsewhere(cluster: msgcluster.MessageClusterRecord, get_globals: Any) -> None:
+        holding.set()
+        await release.wait()
+
+    events_app = App(client=mc)
+    ran_here: list[str] = []
+
+    @events_app.on_cluster_complete
+    async def here(cluster: msgcluster.MessageClusterRecord, get_globals: Any) -> None:
+        ran_here.append(cluster.id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mc.on_cluster_complete, key, elsewhere)  # "another process"
+        await holding.wait()
+        worker = fast_worker(
+            events_app,
+            events_url,
+            queue_options={"client": mc.sqs},
+            wait_seconds=1,
+            visibility_timeout=1,
+        )
+        stats = await worker.run()
+        await anyio.sleep(2)  # past the worker's visibility timeout: still hidden
+        release.set()
+    assert stats[Outcome.RETRIED] == 1
+    assert ran_here == []
+    attributes = await mc.sqs.get_queue_attributes(
+        QueueUrl=events_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+    record = await mc.get_message_cluster(key, consistent_read=True)
+    assert record.status == msgcluster.Status.COMPLETE

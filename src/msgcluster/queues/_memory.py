@@ -265,6 +265,23 @@ class MemoryQueue:
         check_visibility(seconds, self._store.capabilities, "seconds")
         self._store.change_visibility(_receipt(message), seconds, self._store.clock())
 
+    async def change_visibility(
+        self, changes: Sequence[tuple[ReceivedMessage, float]]
+    ) -> list[AckResult]:
+        """The batch form of nack/extend (``max_ack_batch`` pairs); one result each."""
+        await self._checkpoint()
+        check_ack_batch([message for message, _ in changes], self._store.capabilities)
+        results = []
+        for index, (message, seconds) in enumerate(changes):
+            check_visibility(seconds, self._store.capabilities, "seconds")
+            try:
+                self._store.change_visibility(_receipt(message), seconds, self._store.clock())
+            except MsgclusterError as exc:
+                results.append(AckResult(index=index, id=_message_id(message), error=exc))
+            else:
+                results.append(AckResult(index=index, id=message.id))
+        return results
+
     @property
     def max_receives(self) -> int | None:
         """Receives after which the queue dead-letters a message (None: never)."""

@@ -329,6 +329,42 @@ class SqsQueue:
         check_visibility(seconds, self.capabilities, "seconds")
         await self._change_visibility(message, math.ceil(seconds))
 
+    async def change_visibility(
+        self, changes: Sequence[tuple[ReceivedMessage, float]]
+    ) -> list[AckResult]:
+        """The batch form of nack/extend: one ChangeMessageVisibilityBatch for up
+        to ``max_ack_batch`` (message, seconds) pairs; one result per pair."""
+        self._check_open()
+        check_ack_batch([message for message, _ in changes], self.capabilities)
+        results: dict[int, AckResult] = {}
+        entries = []
+        for index, (message, seconds) in enumerate(changes):
+            if not isinstance(message, ReceivedMessage) or not message.receipt:
+                error = ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
+                results[index] = AckResult(index=index, id="", error=error)
+                continue
+            check_visibility(seconds, self.capabilities, "seconds")
+            entries.append(
+                {
+                    "Id": str(index),
+                    "ReceiptHandle": message.receipt,
+                    "VisibilityTimeout": math.ceil(seconds),
+                }
+            )
+        if entries:
+            with aws_errors(resource=self.url):
+                response = await self._client.change_message_visibility_batch(
+                    QueueUrl=self.url, Entries=entries
+                )
+            for ok in response.get("Successful", []):
+                i = int(ok["Id"])
+                results[i] = AckResult(index=i, id=changes[i][0].id)
+            for failed in response.get("Failed", []):
+                i = int(failed["Id"])
+                failure = _entry_error(failed, self.url)
+                results[i] = AckResult(index=i, id=changes[i][0].id, error=failure)
+        return [results[i] for i in range(len(changes))]
+
     async def _change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
         if not isinstance(message, ReceivedMessage) or not message.receipt:
             raise ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")

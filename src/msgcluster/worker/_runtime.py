@@ -35,13 +35,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from .._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from .._errors import EnvelopeError, MsgclusterError, QueueClosedError, RecordError
 from .._records import SqsMessage, parse_envelope
-from .._schemas import RecordType
+from .._schemas import RecordKey, RecordType
 from ..queues import Queue, ReceivedMessage, open_queue
 from ._context import MessageContext
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
+from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
     from .._records import ParsedRecord
@@ -127,13 +129,18 @@ class Worker:
         self.metrics: WorkerMetrics = metrics or LoggingMetrics()
         self.stats = WorkerStats()
         self._stopping = anyio.Event()
-        self._slots = anyio.Semaphore(concurrency + self.prefetch)
+        self._slot_count = concurrency + self.prefetch
+        self._slots = anyio.Semaphore(self._slot_count)
+        self._reserving = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._running: dict[int, tuple[_Item, float, float]] = {}  # id -> item, started, until
         self._in_flight = 0
         self._batches_settled = 0
         self._idle = anyio.Event()
         self._queue: Queue | None = None
+        self._destination = ("", "")
+        # Cluster key -> set when this worker's own run of its callback ends.
+        self._callbacks_running: dict[RecordKey, anyio.Event] = {}
 
     # ------------------------------------------------------------------ API
 
@@ -153,6 +160,7 @@ class Worker:
 
     async def _run(self, queue: Queue) -> WorkerStats:
         self._queue = queue
+        self._destination = destination_of(queue)
         self.stats = WorkerStats()
         async with anyio.create_task_group() as service:
             if self.handle_signals:
@@ -218,15 +226,23 @@ class Worker:
             batches.start_soon(self._settle_batch, queue, messages)
 
     async def _reserve(self, most: int) -> int:
-        await self._slots.acquire()
-        got = 1
-        while got < most:
-            try:
-                self._slots.acquire_nowait()
-            except anyio.WouldBlock:
-                break
-            got += 1
-        return got
+        """Reserve slots for one receive: a full batch, waited for in turn.
+
+        Taking whatever is free instead splits a settled batch's slots
+        between waiting receivers (9 + 1), and every per-batch request
+        (receive, completion check, transaction, ack) then costs up to ten
+        times more per message.
+        """
+        most, got = min(most, self._slot_count), 0
+        try:
+            async with self._reserving:
+                while got < most:
+                    await self._slots.acquire()
+                    got += 1
+        except BaseException:  # cancelled (shutdown): give back what we took
+            self._release_slots(got)
+            raise
+        return most
 
     def _release_slots(self, count: int) -> None:
         for _ in range(count):
@@ -310,30 +326,48 @@ class Worker:
         item.outcome = Outcome.DEAD_LETTERED
 
     async def _handle(self, item: _Item) -> None:
-        async with self._limiter:
+        # CapacityLimiter's async acquire always yields to the loop; taking a
+        # free slot without it is a third of the worker's per-message CPU.
+        try:
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._limiter.acquire()
+        try:
             if self._stopping.is_set():
                 item.outcome = Outcome.RELEASED  # prefetched, never started
                 return
-            started = time.monotonic()
-            self._running[id(item)] = (item, started, started + self.visibility_timeout)
-            try:
-                if item.record is not None and item.record.type is RecordType.CLUSTER:
-                    await self._run_completion_event(item)
-                else:
-                    await self.app.dispatch(item.body, item.ctx)
-                    item.outcome = Outcome.SUCCEEDED
-            except Ack:
+            kind = "ClusterEvent" if item.body is None else type(item.body).__name__
+            with process_span(self._destination, item.message, kind) as span:
+                await self._run_handler(item)
+                failed = item.outcome is Outcome.DEAD_LETTERED or (
+                    item.outcome is Outcome.RETRIED and not isinstance(item.error, Retry)
+                )
+                assert item.outcome is not None
+                end_span(span, item.outcome.value, item.error, failed)
+        finally:
+            self._limiter.release()
+
+    async def _run_handler(self, item: _Item) -> None:
+        started = time.monotonic()
+        self._running[id(item)] = (item, started, started + self.visibility_timeout)
+        try:
+            if item.record is not None and item.record.type is RecordType.CLUSTER:
+                await self._run_completion_event(item)
+            else:
+                await self.app.dispatch(item.body, item.ctx)
                 item.outcome = Outcome.SUCCEEDED
-            except Retry as exc:
-                item.outcome, item.retry_delay, item.error = Outcome.RETRIED, exc.delay, exc
-            except Reject as exc:
-                item.outcome, item.error = Outcome.DEAD_LETTERED, exc
-            except Exception as exc:
-                log.warning("handler failed for message %s: %r", item.message.id, exc)
-                item.outcome, item.error = Outcome.RETRIED, exc
-            finally:
-                item.seconds = time.monotonic() - started
-                self._running.pop(id(item), None)
+        except Ack:
+            item.outcome = Outcome.SUCCEEDED
+        except Retry as exc:
+            item.outcome, item.retry_delay, item.error = Outcome.RETRIED, exc.delay, exc
+        except Reject as exc:
+            item.outcome, item.error = Outcome.DEAD_LETTERED, exc
+        except Exception as exc:
+            log.warning("handler failed for message %s: %r", item.message.id, exc)
+            item.outcome, item.error = Outcome.RETRIED, exc
+        finally:
+            item.seconds = time.monotonic() - started
+            self._running.pop(id(item), None)
 
     async def _run_completion_event(self, item: _Item) -> None:
         client, callback = self.app.client, self.app.cluster_callback
@@ -344,14 +378,25 @@ class Worker:
             log.debug("completion event %s: the app has no cluster callback", item.message.id)
             item.outcome = Outcome.SKIPPED
             return
-        if await client.on_cluster_complete(item.record, callback):
+        event_key = item.record.cluster_key
+        local = self._callbacks_running.get(event_key) if event_key is not None else None
+        if local is not None:
+            # This worker's own settle step is running the callback right
+            # now (the event was sent by it): its outcome decides.
+            await local.wait()
+        elif await client.on_cluster_complete(item.record, callback):
             item.outcome = Outcome.CALLBACK
-        elif (await client.is_complete_batch([item.record]))[0]:
-            # It already ran (the last task's batch ran it): the event is spent.
+            return
+        if (await client.is_complete_batch([item.record]))[0]:
+            # It already ran (or failed for good, recorded): the event is spent.
             item.outcome = Outcome.SKIPPED
         else:
-            # Running elsewhere under a lease: look again when it may have ended.
-            item.outcome, item.retry_delay = Outcome.RETRIED, self.visibility_timeout
+            # Another process holds the callback's lease. Look again once the
+            # lease can have expired, not before: retrying every visibility
+            # timeout would walk the event to the DLQ while a crashed holder's
+            # lease runs, and the callback would then never run.
+            delay = max(self.visibility_timeout, CALLBACK_LEASE_SECONDS + 5)
+            item.outcome, item.retry_delay = Outcome.RETRIED, delay
 
     async def _complete(self, queue: Queue, items: list[_Item]) -> None:
         client = self.app.client
@@ -361,19 +406,27 @@ class Worker:
             callback = self.app.cluster_callback
             if callback is not None:
                 for key in {r.cluster_key for r in done if r.cluster_key is not None}:
+                    running = self._callbacks_running[key] = anyio.Event()
                     try:
                         await client.on_cluster_complete(key, callback)
                     except MsgclusterError as exc:
                         # Recorded on the cluster; its completion event retries it.
                         log.warning("cluster callback failed: %s", exc)
+                    finally:
+                        del self._callbacks_running[key]
+                        running.set()
         ack = [
             i for i in items if i.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.CALLBACK)
         ]
         await self._ack(queue, ack)
+        retries = [
+            (i, await self._retry_delay(queue, i)) for i in items if i.outcome is Outcome.RETRIED
+        ]
+        await self._change_visibility(queue, retries, "reschedule")
+        for item, _ in retries:
+            self._settled(item, item.outcome or Outcome.RETRIED)
         for item in items:
-            if item.outcome is Outcome.RETRIED:
-                await self._retry(queue, item)
-            elif item.outcome is Outcome.DEAD_LETTERED:
+            if item.outcome is Outcome.DEAD_LETTERED:
                 await self._dead_letter(queue, item)
 
     async def _ack(self, queue: Queue, items: list[_Item]) -> None:
@@ -387,7 +440,8 @@ class Worker:
                     log.warning("ack of %s failed: %s", item.message.id, result.error)
                 self._settled(item, item.outcome or Outcome.SUCCEEDED)
 
-    async def _retry(self, queue: Queue, item: _Item) -> None:
+    async def _retry_delay(self, queue: Queue, item: _Item) -> float:
+        """Record a failed attempt; when to make the message visible again."""
         message = item.message
         last = _max_receives(queue)
         if last is not None and message.receive_count >= last and item.error is not None:
@@ -399,12 +453,41 @@ class Worker:
         delay = item.retry_delay
         if delay is None:
             delay = self._backoff(message.receive_count, cap=self.backoff_max)
-        delay = min(delay, queue.capabilities.max_visibility_seconds)
-        try:
-            await queue.nack(message, delay)
-        except MsgclusterError as exc:
-            log.warning("could not reschedule %s (%s); it reappears on its own", message.id, exc)
-        self._settled(item, item.outcome or Outcome.RETRIED)
+        return min(delay, queue.capabilities.max_visibility_seconds)
+
+    async def _change_visibility(
+        self, queue: Queue, changes: list[tuple[_Item, float]], what: str
+    ) -> list[_Item]:
+        """Batched visibility changes (one request per ``max_ack_batch`` where the
+        backend has ``change_visibility``); returns the items that failed.
+
+        A failed change is harmless: the message reappears when its current
+        visibility ends, and a duplicate is skipped.
+        """
+        batch = getattr(queue, "change_visibility", None)
+        step = queue.capabilities.max_ack_batch
+        failed: list[_Item] = []
+        for start in range(0, len(changes), step):
+            chunk = changes[start : start + step]
+            try:
+                if batch is not None:
+                    results = await batch([(item.message, seconds) for item, seconds in chunk])
+                    errors = [result.error for result in results]
+                else:
+                    errors = []
+                    for item, seconds in chunk:
+                        try:
+                            await queue.nack(item.message, seconds)
+                            errors.append(None)
+                        except MsgclusterError as exc:
+                            errors.append(exc)
+            except MsgclusterError as exc:
+                errors = [exc] * len(chunk)
+            for (item, _), error in zip(chunk, errors, strict=True):
+                if error is not None:
+                    log.warning("could not %s %s: %s", what, item.message.id, error)
+                    failed.append(item)
+        return failed
 
     async def _dead_letter(self, queue: Queue, item: _Item) -> None:
         await self._record_failure(item, final=True)
@@ -465,18 +548,17 @@ class Worker:
             queue = self._queue
             if queue is None:
                 continue
-            for key, (item, started, until) in list(self._running.items()):
-                if until - now > interval * 1.5:
-                    continue
-                if now - started >= self.max_extension:
-                    continue  # capped: let it become visible; a duplicate is skipped
-                try:
-                    await queue.extend(item.message, self.visibility_timeout)
-                except MsgclusterError as exc:
-                    log.warning("heartbeat for %s failed: %s", item.message.id, exc)
-                    continue
-                if key in self._running:
-                    self._running[key] = (item, started, now + self.visibility_timeout)
+            due = [
+                (item, self.visibility_timeout)
+                for item, started, until in self._running.values()
+                # Past max_extension: let it become visible; a duplicate is skipped.
+                if until - now <= interval * 1.5 and now - started < self.max_extension
+            ]
+            failed = await self._change_visibility(queue, due, "extend")
+            for item, _ in due:
+                entry = self._running.get(id(item))
+                if entry is not None and item not in failed:
+                    self._running[id(item)] = (item, entry[1], now + self.visibility_timeout)
 
     async def _watch_signals(self) -> None:
         try:
