@@ -169,14 +169,12 @@ async def _installed_client(
             finally:
                 delattr(state, STATE_ATTRIBUTE)
         return
-    try:
-        _ = client.ctx
-    except ConfigurationError:
+    if not client.is_open:
         raise ConfigurationError(
             "the Client given to msgcluster_lifespan is not open: open it first "
             "(`async with Client(...) as mc`), or pass Client options instead and let "
             "the lifespan open and close it"
-        ) from None
+        )
     setattr(state, STATE_ATTRIBUTE, client)
     try:
         yield client
