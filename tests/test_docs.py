@@ -36,7 +36,9 @@ def test_readme_quick_start_runs() -> None:
 async def test_doc_snippets_run(page: str, mc: msgcluster.Client, queue_url: str) -> None:
     namespace: dict[str, Any] = {"mc": mc, "queue_url": queue_url, "__name__": "docs"}
     for code in snippets(ROOT / "docs" / page):
-        compiled = compile(code, f"docs/{page}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        compiled = compile(
+            code, f"docs/{page}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+        )
         result = eval(compiled, namespace)
         if result is not None:
             await result

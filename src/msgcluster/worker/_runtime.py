@@ -144,6 +144,11 @@ class Worker:
 
     # ------------------------------------------------------------------ API
 
+    def __repr__(self) -> str:
+        queue = self._queue_arg if isinstance(self._queue_arg, str) else self._queue_arg.uri
+        state = "stopping" if self._stopping.is_set() else f"{self._in_flight} in flight"
+        return f"<Worker {queue!r} concurrency={self.concurrency} {state}>"
+
     def stop(self) -> None:
         """Begin a graceful shutdown (idempotent; safe from a handler)."""
         self._stopping.set()
