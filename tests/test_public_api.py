@@ -15,6 +15,7 @@ EXPECTED = {
     "ShardRecord",
     "ClusterCallback",
     "ClusterView",
+    "DeadLetterReport",
     "AccessDeniedError",
     "AwsConnectionError",
     "AwsError",

@@ -2,6 +2,7 @@
 
 from ._callbacks import ClusterCallback, ClusterView
 from ._client import Client
+from ._dead_letters import DeadLetterReport
 from ._errors import (
     AccessDeniedError,
     AwsConnectionError,
@@ -82,6 +83,7 @@ __all__ = [
     "ClusterError",
     "ClusterEventEnvelope",
     "ClusterView",
+    "DeadLetterReport",
     "ConditionFailedError",
     "ConfigurationError",
     "EntryFailure",

@@ -12,6 +12,7 @@ from . import (
     _cluster_create,
     _clusters,
     _consume,
+    _dead_letters,
     _globals,
     _lambda,
     _messages,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._callbacks import ClusterCallback
+    from ._dead_letters import DeadLetterReport
     from ._lambda import ProcessRecord
     from ._records import ParsedRecord
     from ._results import BatchSendResult
@@ -458,6 +460,18 @@ class Client:
     async def redrive_failed(self, key: object) -> int:
         """Send the cluster's failed tasks again (only those); returns how many."""
         return await _clusters.redrive_failed(self.ctx, key)
+
+    async def reconcile_dead_letters(
+        self, dlq_url: str, *, visibility_timeout: int = 300, limit: int | None = None
+    ) -> DeadLetterReport:
+        """Record every tracked message in a dead-letter queue as failed, if it is
+        not final yet: one whose consumer died on its last receive was moved
+        there by SQS unrecorded (a cluster task uncounted: its cluster would
+        never complete). Nothing is deleted; safe to run again. See
+        ``docs/clusters.md``."""
+        return await _dead_letters.reconcile_dead_letters(
+            self.ctx, dlq_url, visibility_timeout=visibility_timeout, limit=limit
+        )
 
     def _globals_pointer(self, key: object) -> Any:
         from ._schemas import S3Pointer

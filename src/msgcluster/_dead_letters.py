@@ -1,0 +1,100 @@
+"""Reconcile a dead-letter queue with the records of the messages in it.
+
+A consumer records a failure on a message's last receive, but one that dies
+during that receive never does: SQS then moves the message to the DLQ on
+its next receive, and nobody is told. For a simple message the record stays
+IN PROGRESS; for a cluster task the task is never counted, so its cluster
+never completes and its callback never runs. Reading the DLQ closes that
+gap: every tracked message in it whose record is not final is recorded as
+failed (a task counts as failed, which may complete its cluster and send the
+completion event). Messages stay in the DLQ, for inspection and redrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from . import _consume, _messages, _records
+from ._errors import EnvelopeError, RecordError, aws_errors
+from ._schemas import Status
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._context import Context
+    from ._records import ParsedRecord
+
+__all__ = ["DeadLetterReport", "reconcile_dead_letters"]
+
+log = logging.getLogger("msgcluster.dead_letters")
+
+REASON = "moved to the dead-letter queue by the queue's redrive policy"
+
+
+class DeadLetterReport(msgspec.Struct, kw_only=True):
+    """What one pass over a dead-letter queue found."""
+
+    seen: int = 0  # distinct messages received from the DLQ
+    recorded: int = 0  # tracked, not final: now recorded as failed
+    already_final: int = 0  # tracked, already complete or recorded as failed
+    untracked: int = 0  # not a msgcluster message (or its record is unreadable)
+
+
+async def reconcile_dead_letters(
+    ctx: Context, dlq_url: str, *, visibility_timeout: int = 300, limit: int | None = None
+) -> DeadLetterReport:
+    """One pass over ``dlq_url``: record every tracked message in it as failed.
+
+    Messages received are kept invisible for ``visibility_timeout`` seconds so
+    the pass sees each once, then they reappear; nothing is deleted. Safe to
+    run again (and concurrently): recording a failure is conditional, and a
+    task is counted once.
+    """
+    report = DeadLetterReport()
+    seen: set[str] = set()
+    while limit is None or report.seen < limit:
+        with aws_errors(resource=dlq_url):
+            response = await ctx.sqs.receive_message(
+                QueueUrl=dlq_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                VisibilityTimeout=visibility_timeout,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+        fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        seen.update(m["MessageId"] for m in fresh)
+        report.seen += len(fresh)
+        await _reconcile_batch(ctx, fresh, report)
+    return report
+
+
+async def _reconcile_batch(
+    ctx: Context, messages: Sequence[Any], report: DeadLetterReport
+) -> None:
+    parsed: list[ParsedRecord[Any]] = []
+    for message in messages:
+        try:
+            parsed.append(_records.read(ctx, message, Any))
+        except (EnvelopeError, RecordError):
+            report.untracked += 1
+    if not parsed:
+        return
+    done = await _consume.is_complete_batch(ctx, parsed)
+    pending = [record for record, complete in zip(parsed, done, strict=True) if not complete]
+    report.already_final += len(parsed) - len(pending)
+    # A simple message recorded ERROR at its last receive is final already:
+    # recording it again would only repeat its error entry.
+    records = await _messages.get_message_records(ctx, [r.key for r in pending])
+    for record, stored in zip(pending, records, strict=True):
+        if stored is not None and stored.status is Status.ERROR:
+            report.already_final += 1
+            continue
+        await _consume.mark_failed(ctx, record, REASON, final=True)
+        report.recorded += 1
+        log.info("dead letter %s: recorded as failed", record.id)
