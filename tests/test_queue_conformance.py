@@ -38,6 +38,7 @@ from msgcluster.queues import (
     Queue,
     ReceivedMessage,
     open_queue,
+    provision_dynamodb_queue_table,
 )
 
 # --------------------------------------------------------------------------
@@ -132,9 +133,40 @@ async def sqs_backend(
     return Harness(queue=queue, dlq=dlq, elapse=elapse, empty_wait=1.0)
 
 
+async def dynamodb_backend(
+    request: pytest.FixtureRequest, stack: AsyncExitStack, spec: QueueSpec
+) -> Harness:
+    """dynamodb:// on the embedded moto server: every test's queues are new
+    named queues in one shared table (several queues per table is the point)."""
+    aws = request.getfixturevalue("local_aws")
+    ddb = await stack.enter_async_context(
+        AioSession().create_client("dynamodb", **aws.client_kwargs())
+    )
+    await provision_dynamodb_queue_table(ddb, "conformance-queues")
+    base = f"conf-{uuid.uuid4().hex[:12]}"
+    suffix = ".fifo" if spec.fifo else ""
+    query = f"queue={base}{suffix}&visibility_timeout={spec.visibility_timeout}"
+    if spec.max_receives is not None:
+        query += f"&max_receives={spec.max_receives}&dlq={base}-dlq"
+    else:
+        query += "&max_receives=0"
+    uri = f"dynamodb://conformance-queues?{query}"
+    queue = await stack.enter_async_context(open_queue(uri, client=ddb))
+    dlq = None
+    if spec.max_receives is not None:
+        dlq_uri = f"dynamodb://conformance-queues?queue={base}-dlq"
+        dlq = await stack.enter_async_context(open_queue(dlq_uri, client=ddb))
+
+    async def elapse(seconds: float) -> None:
+        await anyio.sleep(seconds + 0.05)  # wall-clock leases, no rounding
+
+    return Harness(queue=queue, dlq=dlq, elapse=elapse, empty_wait=0.1)
+
+
 BACKENDS: dict[str, Maker] = {
     "memory": memory_backend,
     "sqs": sqs_backend,
+    "dynamodb": dynamodb_backend,
 }
 
 MakeQueue = Callable[..., Awaitable[Harness]]

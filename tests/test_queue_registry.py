@@ -100,13 +100,11 @@ def test_not_a_uri(uri: str) -> None:
         open_queue(uri)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("msgcluster.queues._dynamodb") is not None,
-    reason="dynamodb:// is implemented",
-)
-def test_planned_dynamodb_scheme_is_known_but_unavailable() -> None:
-    with pytest.raises(msgcluster.BackendUnavailableError, match="planned"):
-        open_queue("dynamodb://table")
+async def test_dynamodb_scheme_is_available_and_checks_its_parameters() -> None:
+    # Implemented (docs/dynamodb-queue.md): unknown parameters are refused
+    # before any request is made, naming the valid ones.
+    with pytest.raises(msgcluster.QueueURIError, match="visibility_timeout"):
+        await open_queue("dynamodb://table?visiblity_timeout=5")
 
 
 def test_missing_builtin_module_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

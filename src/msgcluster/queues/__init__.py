@@ -8,8 +8,10 @@
         await queue.ack([message])
 
 Built in: ``memory://`` (in-process), ``sqs://`` (and SQS queue URLs), and
-``dynamodb://`` (planned). Errors live with every other msgcluster error
-(``msgcluster.QueueError`` and its subclasses).
+``dynamodb://<table>?queue=<name>`` (a queue stored in DynamoDB; create its
+table with :func:`provision_dynamodb_queue_table`, see docs/dynamodb-queue.md).
+Errors live with every other msgcluster error (``msgcluster.QueueError`` and
+its subclasses).
 """
 
 from ._contract import (
@@ -20,6 +22,7 @@ from ._contract import (
     ReceivedMessage,
     SendResult,
 )
+from ._dynamodb_provision import provision_dynamodb_queue_table
 from ._memory import reset_memory_queues
 from ._registry import (
     ENTRY_POINT_GROUP,
@@ -43,6 +46,7 @@ __all__ = [
     "ReceivedMessage",
     "SendResult",
     "open_queue",
+    "provision_dynamodb_queue_table",
     "register_backend",
     "registered_schemes",
     "reset_memory_queues",

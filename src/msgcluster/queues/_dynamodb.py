@@ -1,0 +1,495 @@
+"""``dynamodb://<table>?queue=<name>``: a message queue stored in DynamoDB.
+
+Several named queues share one table. Each message is one item; a sparse,
+sharded GSI (the *ready index*, keyed ``<queue>#<shard>`` / fixed-width
+visible-at time) lists what can be received now, so a receive never reads
+in-flight messages. Every receive writes a fresh lease token that ack, nack
+and extend are conditional on (strict receipts). Standard and FIFO queues
+(message groups with in-flight blocking), delays, FIFO deduplication within a
+window, a finite default of max receives with a DLQ (a queue in the same
+table) and redrive, compression of large bodies. docs/dynamodb-queue.md
+draws the layout and says why.
+
+Backends do not retry: botocore's standard retry mode handles throttling and
+connection errors per request; what still fails raises, and the worker's
+receive loop backs off and keeps running.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+
+from .._errors import (
+    ConditionFailedError,
+    MsgclusterError,
+    QueueClosedError,
+    QueueURIError,
+    ReceiptError,
+    ValidationError,
+    aws_errors,
+)
+from .._itemcodec import decode_item, encode_item
+from ._checks import (
+    check_ack_batch,
+    check_batch_bytes,
+    check_receive,
+    check_send_batch,
+    check_visibility,
+    prepare_message,
+)
+from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
+from ._dynamodb_admin import DynamoAdminMixin
+from ._dynamodb_base import StoreConfig, forget_waiter, waiter
+from ._dynamodb_keys import QueueMeta, Receipt, decode_receipt, meta_key
+from ._dynamodb_provision import provision_dynamodb_queue_table
+from ._dynamodb_store import DynamoStore
+from ._uri import Param, boolean, integer, number, read_params, text
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+    from ._checks import PreparedMessage
+    from ._contract import OutgoingMessage
+    from ._uri import QueueURI
+
+__all__ = ["DynamoQueue", "open_dynamodb_queue", "provision_dynamodb_queue_table"]
+
+DEFAULT_MAX_RECEIVES = 5  # finite: a poison message ends in the DLQ, not in a loop
+MAX_BODY_BYTES = 262_144  # an item is at most 400 KB; this leaves room for the rest
+_TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+_QUEUE = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+
+
+def _any(value: object) -> object:
+    return value
+
+
+def _queue_name(value: object) -> str:
+    name = text(value)
+    if not _QUEUE.fullmatch(name):
+        raise ValueError("a queue name is 1-80 of A-Z a-z 0-9 _ - .")
+    return name
+
+
+PARAMS: dict[str, Param[Any]] = {
+    "queue": Param(_queue_name),
+    "region": Param(text),
+    "endpoint": Param(text),
+    "visibility_timeout": Param(number(0, 43_200)),
+    "delay": Param(number(0, 900)),
+    "max_receives": Param(integer(0, 1000)),  # 0: never dead-letter
+    "dlq": Param(_queue_name),
+    "fifo": Param(boolean),
+    "content_based_dedup": Param(boolean),
+    "shards": Param(integer(1, 256)),
+    "compress_over": Param(integer(0, MAX_BODY_BYTES)),
+    "dedup_window": Param(number(1, 86_400)),
+    "poll_interval": Param(number(0.01, 20)),
+    "max_connections": Param(integer(1, 1000)),
+    "provision": Param(boolean),
+    "client": Param(_any, query=False),
+    "session": Param(_any, query=False),
+}
+
+
+async def open_dynamodb_queue(uri: QueueURI, /, **options: Any) -> DynamoQueue:
+    """The backend factory registered for ``dynamodb://``."""
+    params = read_params(uri, options, PARAMS)
+    table = uri.location.rstrip("/")
+    if not _TABLE.fullmatch(table):
+        raise QueueURIError(
+            f"dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .), got {table!r}"
+        )
+    queue = DynamoQueue(uri.uri, table, params)
+    try:
+        await queue._open()
+    except BaseException:
+        await queue.aclose()
+        raise
+    return queue
+
+
+class DynamoQueue(DynamoAdminMixin):
+    """A handle on one queue of a dynamodb:// table (see
+    :class:`~msgcluster.queues.Queue`; also :class:`~msgcluster.queues._admin.QueueAdmin`)."""
+
+    def __init__(self, uri: str, table: str, params: dict[str, Any]) -> None:
+        self._uri = uri
+        self._table = table
+        self._params = params
+        self._client: Any = params.get("client")
+        self._stack: AsyncExitStack | None = None
+        self._closed = False
+        self._polls: set[anyio.CancelScope] = set()
+        self._poll_max = float(params.get("poll_interval", 0.5))
+        self._store_: DynamoStore | None = None
+        self._capabilities: Capabilities | None = None
+
+    # ------------------------------------------------------------- opening
+
+    async def _open(self) -> None:
+        if self._client is None:
+            await self._create_client()
+        if self._params.get("provision"):
+            await provision_dynamodb_queue_table(self._client, self._table)
+        params = self._params
+        name = params.get("queue", "default")
+        meta = await self._meta(name, params.get("fifo", name.endswith(".fifo")), params)
+        max_receives = params.get(
+            "max_receives", None if meta.dead_letter_queue else DEFAULT_MAX_RECEIVES
+        )
+        dlq = None
+        dlq_shards = meta.shards
+        if max_receives:
+            dlq = params.get("dlq") or f"{name.removesuffix('.fifo')}-dlq"
+            if dlq == name:
+                raise QueueURIError(f"queue {name}: a queue cannot be its own DLQ")
+            dlq_meta = await self._meta(dlq, False, {}, dead_letter_queue=True, shards=meta.shards)
+            if dlq_meta.fifo:
+                raise QueueURIError(f"DLQ {dlq} is a FIFO queue; dead letters go to a standard one")
+            dlq_shards = dlq_meta.shards
+        elif "dlq" in params:
+            raise QueueURIError(f"queue {name}: dlq= needs max_receives= of at least 1")
+        if meta.fifo and params.get("delay"):
+            raise QueueURIError(f"queue {name}: FIFO queues take no delay=")
+        self._store_ = DynamoStore(
+            self._client,
+            StoreConfig(
+                table=self._table,
+                queue=name,
+                fifo=meta.fifo,
+                shards=meta.shards,
+                visibility_timeout=params.get("visibility_timeout", 30.0),
+                delay=params.get("delay", 0.0),
+                max_receives=max_receives or None,
+                dlq=dlq,
+                dlq_shards=dlq_shards,
+                content_based_dedup=params.get("content_based_dedup", False),
+                compress_over=params.get("compress_over", 8192),
+                dedup_window=params.get("dedup_window", 300.0),
+                max_body_bytes=MAX_BODY_BYTES,
+            ),
+        )
+        self._capabilities = _capabilities(meta.fifo, native_dlq=dlq is not None)
+
+    async def _create_client(self) -> None:
+        session = self._params.get("session") or AioSession()
+        self._stack = AsyncExitStack()
+        config = AioConfig(
+            max_pool_connections=self._params.get("max_connections", 16),
+            retries={"mode": "standard"},
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if "region" in self._params:
+            kwargs["region_name"] = self._params["region"]
+        if "endpoint" in self._params:
+            kwargs["endpoint_url"] = self._params["endpoint"]
+        self._client = await self._stack.enter_async_context(
+            session.create_client("dynamodb", **kwargs)
+        )
+
+    async def _meta(
+        self,
+        name: str,
+        fifo: bool,
+        params: dict[str, Any],
+        *,
+        dead_letter_queue: bool = False,
+        shards: int = 4,
+    ) -> QueueMeta:
+        """The queue's stored settings, written on first open. Settings that
+        decide where items live (fifo, shards) cannot change afterwards."""
+        wanted = QueueMeta(
+            fifo=fifo, shards=params.get("shards", shards), dead_letter_queue=dead_letter_queue
+        )
+        resource = f"dynamodb://{self._table}?queue={name}"
+        with aws_errors(resource=resource):
+            found = await self._client.get_item(
+                TableName=self._table, Key=meta_key(name), ConsistentRead=True
+            )
+        if "Item" not in found:
+            try:
+                with aws_errors(resource=resource):
+                    await self._client.put_item(
+                        TableName=self._table,
+                        Item={**meta_key(name), **encode_item(wanted)},
+                        ConditionExpression="attribute_not_exists(pk)",
+                    )
+                return wanted
+            except ConditionFailedError:  # created concurrently: read theirs
+                return await self._meta(name, fifo, params, dead_letter_queue=dead_letter_queue)
+        stored = decode_item(
+            {k: v for k, v in found["Item"].items() if k not in ("pk", "rk")}, QueueMeta
+        )
+        for field in ("fifo", "shards"):
+            if field in params and params[field] != getattr(stored, field):
+                raise QueueURIError(
+                    f"{resource} already exists with {field}={getattr(stored, field)!r}; "
+                    f"open it without {field}= or use another queue name"
+                )
+        return stored
+
+    # ---------------------------------------------------------- properties
+
+    @property
+    def _store(self) -> DynamoStore:
+        assert self._store_ is not None
+        return self._store_
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def capabilities(self) -> Capabilities:
+        assert self._capabilities is not None
+        return self._capabilities
+
+    @property
+    def client(self) -> Any:
+        """The aiobotocore DynamoDB client this queue uses."""
+        return self._client
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    @property
+    def name(self) -> str:
+        return self._store.config.queue
+
+    @property
+    def max_receives(self) -> int | None:
+        """Receives after which a message moves to the DLQ (None: never)."""
+        return self._store.config.max_receives
+
+    @property
+    def dead_letter_queue(self) -> str | None:
+        """The name of this queue's DLQ (a queue in the same table)."""
+        return self._store.config.dlq
+
+    def __repr__(self) -> str:
+        name = self._store_.config.queue if self._store_ else "?"
+        return f"<DynamoQueue {self._table}/{name}{' closed' if self._closed else ''}>"
+
+    # ----------------------------------------------------------------- send
+
+    async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
+        self._check_open()
+        caps = self.capabilities
+        check_send_batch(messages, caps)
+        config = self._store.config
+        prepared: list[PreparedMessage | MsgclusterError] = []
+        for item in messages:
+            try:
+                prepared.append(
+                    prepare_message(item, caps, content_based_dedup=config.content_based_dedup)
+                )
+            except ValidationError as exc:
+                prepared.append(exc)
+        valid = [(i, p) for i, p in enumerate(prepared) if not isinstance(p, MsgclusterError)]
+        check_batch_bytes([p.size for _, p in valid], caps)
+        ids = await self._store.send(valid) if valid else {}
+        return [
+            SendResult(index=i, error=p)
+            if isinstance(p, MsgclusterError)
+            else SendResult(index=i, id=ids[i])
+            for i, p in enumerate(prepared)
+        ]
+
+    # -------------------------------------------------------------- receive
+
+    async def receive(
+        self,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[ReceivedMessage]:
+        self._check_open()
+        check_receive(max_messages, wait_seconds, visibility_timeout, self.capabilities)
+        store = self._store
+        visibility = (
+            store.config.visibility_timeout if visibility_timeout is None else visibility_timeout
+        )
+        # aclose() cancels a waiting receive through this scope.
+        scope = anyio.CancelScope()
+        self._polls.add(scope)
+        messages: list[ReceivedMessage] = []
+        try:
+            with scope:
+                messages = await self._poll(max_messages, wait_seconds, visibility)
+        finally:
+            self._polls.discard(scope)
+        if scope.cancelled_caught or self._closed:
+            # Anything claimed by a cancelled request reappears after its
+            # visibility timeout: nothing is lost.
+            raise QueueClosedError(f"{self._uri} was closed during a receive")
+        return messages
+
+    async def _poll(
+        self, max_messages: int, wait_seconds: float, visibility: float
+    ) -> list[ReceivedMessage]:
+        """Look, then wait for a send by this process or the next poll tick
+        (doubling up to ``poll_interval``), until something comes or time is up."""
+        store = self._store
+        config = store.config
+        deadline = time.monotonic() + wait_seconds
+        interval = min(0.05, self._poll_max)
+        while True:
+            # Registered before looking, so a send in between is not missed.
+            event = waiter(config.table, config.queue)
+            try:
+                messages = await store.receive(max_messages, visibility)
+                left = deadline - time.monotonic()
+                if messages or left <= 0:
+                    return messages
+                with anyio.move_on_after(min(interval, left)):
+                    await event.wait()
+            finally:
+                forget_waiter(config.table, config.queue, event)
+            interval = min(interval * 2, self._poll_max)
+
+    # ----------------------------------------------------- ack, nack, extend
+
+    def _receipt(self, message: object) -> Receipt:
+        if not isinstance(message, ReceivedMessage) or not message.receipt:
+            raise ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
+        config = self._store.config
+        return decode_receipt(message.receipt, config.table, config.queue, message.id)
+
+    async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
+        self._check_open()
+        check_ack_batch(messages, self.capabilities)
+        errors: dict[int, MsgclusterError] = {}
+        receipts: dict[int, Receipt] = {}
+        for index, message in enumerate(messages):
+            try:
+                receipts[index] = self._receipt(message)
+            except (ValidationError, ReceiptError) as exc:
+                errors[index] = exc
+        outcome = await self._store.ack(list(receipts.values())) if receipts else {}
+        results = []
+        for index, message in enumerate(messages):
+            message_id = message.id if isinstance(message, ReceivedMessage) else ""
+            error = errors.get(index)
+            if error is None:
+                error = outcome.get(receipts[index].id)
+            results.append(AckResult(index=index, id=message_id, error=error))
+        return results
+
+    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
+        self._check_open()
+        check_visibility(delay, self.capabilities, "delay")
+        await self._change_one(message, delay)
+
+    async def extend(self, message: ReceivedMessage, seconds: float) -> None:
+        self._check_open()
+        check_visibility(seconds, self.capabilities, "seconds")
+        await self._change_one(message, seconds)
+
+    async def _change_one(self, message: ReceivedMessage, seconds: float) -> None:
+        receipt = self._receipt(message)
+        error = (await self._store.change_visibility([(receipt, seconds)])).get(receipt.id)
+        if error is not None:
+            raise error
+
+    async def change_visibility(
+        self, changes: Sequence[tuple[ReceivedMessage, float]]
+    ) -> list[AckResult]:
+        """The batch form of nack/extend (``max_ack_batch`` pairs): one
+        request, conditional on each delivery's lease; one result per pair."""
+        self._check_open()
+        check_ack_batch([message for message, _ in changes], self.capabilities)
+        errors: dict[int, MsgclusterError] = {}
+        valid: dict[int, tuple[Receipt, float]] = {}
+        for index, (message, seconds) in enumerate(changes):
+            check_visibility(seconds, self.capabilities, "seconds")
+            try:
+                valid[index] = (self._receipt(message), seconds)
+            except (ValidationError, ReceiptError) as exc:
+                errors[index] = exc
+        outcome = await self._store.change_visibility(list(valid.values())) if valid else {}
+        return [
+            AckResult(
+                index=index,
+                id=message.id if isinstance(message, ReceivedMessage) else "",
+                error=errors.get(index) or outcome.get(valid[index][0].id),
+            )
+            for index, (message, _) in enumerate(changes)
+        ]
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str = "") -> bool:
+        """Move a delivered message to the DLQ now (the worker's Reject);
+        False if the queue has none. Conditional on the delivery's lease."""
+        self._check_open()
+        receipt = self._receipt(message)
+        store = self._store
+        if store.config.dlq is None:
+            return False
+        found = await store.call("get_item", Key=store.key(receipt.id), ConsistentRead=True)
+        item = found.get("Item")
+        held = item is not None and item.get("lease", {}).get("S") == receipt.lease
+        if not held or not await store.move_to_dlq(
+            item or {}, reason, condition_lease=receipt.lease
+        ):
+            raise ReceiptError(
+                f"message {receipt.id}: this delivery's lease no longer holds",
+                message_id=receipt.id,
+            )
+        if store.config.fifo:
+            await store.settle_group(receipt.id, receipt.lease)
+        return True
+
+    # ---------------------------------------------------------------- close
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for scope in self._polls:
+            scope.cancel()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosedError(f"{self._uri} is closed")
+
+
+def _capabilities(fifo: bool, *, native_dlq: bool) -> Capabilities:
+    return Capabilities(
+        fifo=fifo,
+        native_dlq=native_dlq,
+        strict_receipts=True,
+        max_send_batch=10,
+        # One TransactWriteItems carries a send: 4 MB at most.
+        max_send_batch_bytes=10 * MAX_BODY_BYTES,
+        max_receive_batch=10,
+        max_ack_batch=10,
+        max_body_bytes=MAX_BODY_BYTES,
+        max_attributes=10,
+        max_delay_seconds=900.0,
+        max_visibility_seconds=43_200.0,
+        max_wait_seconds=20.0,
+    )
