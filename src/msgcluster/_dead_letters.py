@@ -74,9 +74,7 @@ async def reconcile_dead_letters(
     return report
 
 
-async def _reconcile_batch(
-    ctx: Context, messages: Sequence[Any], report: DeadLetterReport
-) -> None:
+async def _reconcile_batch(ctx: Context, messages: Sequence[Any], report: DeadLetterReport) -> None:
     parsed: list[ParsedRecord[Any]] = []
     for message in messages:
         try:

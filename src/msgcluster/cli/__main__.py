@@ -1,0 +1,7 @@
+"""``python -m msgcluster.cli``: the same as the ``msgcluster`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
