@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiobotocore.config import AioConfig
@@ -29,7 +29,6 @@ from aiobotocore.session import AioSession
 from .._errors import (
     ConditionFailedError,
     MsgclusterError,
-    QueueClosedError,
     QueueURIError,
     ReceiptError,
     ValidationError,
@@ -50,11 +49,11 @@ from ._dynamodb_base import StoreConfig, forget_waiter, waiter
 from ._dynamodb_keys import QueueMeta, Receipt, decode_receipt, meta_key
 from ._dynamodb_provision import provision_dynamodb_queue_table
 from ._dynamodb_store import DynamoStore
+from ._handle import QueueHandle
 from ._uri import Param, boolean, integer, number, read_params, text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     from ._checks import PreparedMessage
     from ._contract import OutgoingMessage
@@ -117,18 +116,15 @@ async def open_dynamodb_queue(uri: QueueURI, /, **options: Any) -> DynamoQueue:
     return queue
 
 
-class DynamoQueue(DynamoAdminMixin):
+class DynamoQueue(DynamoAdminMixin, QueueHandle):
     """A handle on one queue of a dynamodb:// table (see
     :class:`~msgcluster.queues.Queue`; also :class:`~msgcluster.queues._admin.QueueAdmin`)."""
 
     def __init__(self, uri: str, table: str, params: dict[str, Any]) -> None:
-        self._uri = uri
+        super().__init__(uri)
         self._table = table
         self._params = params
         self._client: Any = params.get("client")
-        self._stack: AsyncExitStack | None = None
-        self._closed = False
-        self._polls: set[anyio.CancelScope] = set()
         self._poll_max = float(params.get("poll_interval", 0.5))
         self._store_: DynamoStore | None = None
         self._capabilities: Capabilities | None = None
@@ -245,10 +241,6 @@ class DynamoQueue(DynamoAdminMixin):
         return self._store_
 
     @property
-    def uri(self) -> str:
-        return self._uri
-
-    @property
     def capabilities(self) -> Capabilities:
         assert self._capabilities is not None
         return self._capabilities
@@ -319,19 +311,9 @@ class DynamoQueue(DynamoAdminMixin):
         visibility = (
             store.config.visibility_timeout if visibility_timeout is None else visibility_timeout
         )
-        # aclose() cancels a waiting receive through this scope.
-        scope = anyio.CancelScope()
-        self._polls.add(scope)
         messages: list[ReceivedMessage] = []
-        try:
-            with scope:
-                messages = await self._poll(max_messages, wait_seconds, visibility)
-        finally:
-            self._polls.discard(scope)
-        if scope.cancelled_caught or self._closed:
-            # Anything claimed by a cancelled request reappears after its
-            # visibility timeout: nothing is lost.
-            raise QueueClosedError(f"{self._uri} was closed during a receive")
+        with self._poll_scope():
+            messages = await self._poll(max_messages, wait_seconds, visibility)
         return messages
 
     async def _poll(
@@ -449,32 +431,6 @@ class DynamoQueue(DynamoAdminMixin):
         return True
 
     # ---------------------------------------------------------------- close
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for scope in self._polls:
-            scope.cancel()
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise QueueClosedError(f"{self._uri} is closed")
 
 
 def _capabilities(fifo: bool, *, native_dlq: bool) -> Capabilities:

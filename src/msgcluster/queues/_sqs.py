@@ -19,9 +19,8 @@ import base64
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
-import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
@@ -29,7 +28,6 @@ from .._errors import (
     AwsError,
     MessageTooLargeError,
     MsgclusterError,
-    QueueClosedError,
     QueueURIError,
     ReceiptError,
     ValidationError,
@@ -45,12 +43,11 @@ from ._checks import (
     prepare_message,
 )
 from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
+from ._handle import QueueHandle
 from ._uri import Param, boolean, integer, read_params, text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from contextlib import AsyncExitStack
-    from types import TracebackType
 
     from ._checks import PreparedMessage
     from ._contract import OutgoingMessage
@@ -119,16 +116,13 @@ def _target(uri: QueueURI) -> tuple[str | None, str]:
     return None, name
 
 
-class SqsQueue:
+class SqsQueue(QueueHandle):
     """A handle on one SQS queue (see :class:`~msgcluster.queues.Queue`)."""
 
     def __init__(self, uri: str, params: dict[str, Any]) -> None:
-        self._uri = uri
+        super().__init__(uri)
         self._params = params
         self._client: Any = params.get("client")
-        self._stack: AsyncExitStack | None = None
-        self._closed = False
-        self._polls: set[anyio.CancelScope] = set()
         self.url = ""
         self.name = ""
         self.max_receives: int | None = None
@@ -197,10 +191,6 @@ class SqsQueue:
             max_visibility_seconds=43_200,
             max_wait_seconds=20,
         )
-
-    @property
-    def uri(self) -> str:
-        return self._uri
 
     @property
     def capabilities(self) -> Capabilities:
@@ -277,19 +267,9 @@ class SqsQueue:
         }
         if visibility_timeout is not None:
             request["VisibilityTimeout"] = math.ceil(visibility_timeout)
-        # A long poll holds the connection for up to 20 s; aclose() cancels
-        # it through this scope so shutdown never waits out the poll. Any
-        # message SQS handed out on the cancelled request reappears after its
-        # visibility timeout: nothing is lost.
-        scope = anyio.CancelScope()
-        self._polls.add(scope)
-        try:
-            with scope, aws_errors(resource=self.url):
-                response = await self._client.receive_message(**request)
-        finally:
-            self._polls.discard(scope)
-        if scope.cancelled_caught:
-            raise QueueClosedError(f"{self._uri} was closed during a receive")
+        response: dict[str, Any] = {}
+        with self._poll_scope(), aws_errors(resource=self.url):
+            response = await self._client.receive_message(**request)
         return [_received(m) for m in response.get("Messages", [])]
 
     # ------------------------------------------------------ ack, nack, extend
@@ -424,32 +404,6 @@ class SqsQueue:
         return True
 
     # ----------------------------------------------------------------- close
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for scope in self._polls:
-            scope.cancel()
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise QueueClosedError(f"{self._uri} is closed")
 
 
 # ------------------------------------------------------------------ helpers

@@ -1,0 +1,80 @@
+"""The lifecycle the AWS backends share: owned clients, cancellable polls, close.
+
+A long poll can hold a request for up to 20 s; ``aclose()`` cancels every
+poll in progress (the waiting ``receive`` raises ``QueueClosedError``) so
+shutdown never waits one out, then closes what the handle opened.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, contextmanager
+from typing import TYPE_CHECKING, Self
+
+import anyio
+
+from .._errors import QueueClosedError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import TracebackType
+
+__all__ = ["QueueHandle"]
+
+
+class QueueHandle:
+    """Base of a backend's queue object: ``async with``, idempotent ``aclose``."""
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+        self._closed = False
+        self._polls: set[anyio.CancelScope] = set()
+        # What this handle opened itself (a client it created): closed with it.
+        self._stack: AsyncExitStack | None = None
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @contextmanager
+    def _poll_scope(self) -> Iterator[None]:
+        """Run a receive's requests so that ``aclose()`` can cancel them.
+
+        Raises QueueClosedError when the poll was cut short by a close:
+        whatever the cancelled request took reappears after its visibility
+        timeout, so nothing is lost.
+        """
+        scope = anyio.CancelScope()
+        self._polls.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._polls.discard(scope)
+        if scope.cancelled_caught or self._closed:
+            raise QueueClosedError(f"{self._uri} was closed during a receive")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for scope in self._polls:
+            scope.cancel()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosedError(f"{self._uri} is closed")
