@@ -93,6 +93,7 @@ class StoreBase:
         self.client = client
         self.config = config
         self.resource = f"dynamodb://{config.table}?queue={config.queue}"
+        self._claiming: set[str] = set()
 
     # ---------------------------------------------------------------- helpers
 

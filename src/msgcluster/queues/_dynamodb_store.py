@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["DynamoStore"]
 
 _SLACK = 4  # candidates read beyond what is wanted: some are taken by others
+_WINDOW = 4  # candidates read per wanted message, to keep consumers apart
+_MAX_WINDOW = 100
 # Concurrent sends to one FIFO group update its group item; DynamoDB cancels
 # a transaction that meets another in progress on the same item
 # (TransactionConflict), which botocore does not retry.
@@ -64,6 +66,9 @@ _CONFLICT_ROUNDS = 3
 
 class DynamoStore(FifoStore):
     """The requests of one queue on one table (no validation: the queue did it)."""
+
+    # Message keys a receive of this handle is claiming right now: others skip them.
+    _claiming: set[str]
 
     # ------------------------------------------------------------------- send
 
@@ -220,12 +225,28 @@ class DynamoStore(FifoStore):
             if len(out) >= wanted:
                 break
             now = now_us()
-            candidates = await self.ready(shard, wanted - len(out) + _SLACK, now)
-            random.shuffle(candidates)  # consumers reading one shard pick differently
+            # Read a few batches deep: concurrent receives of this handle
+            # (a worker's receivers, consumer tasks) then take disjoint
+            # candidates, and other processes' picks rarely collide with
+            # ours. A lost claim cancels a whole batch transaction, so a
+            # collision costs a request; a deeper page of keys costs almost
+            # nothing (keys-only index).
+            window = min(_MAX_WINDOW, _WINDOW * wanted + _SLACK)
+            candidates = [
+                c
+                for c in await self.ready(shard, window, now)
+                if c["rk"]["S"] not in self._claiming
+            ]
+            random.shuffle(candidates)
             while candidates and len(out) < wanted:
                 batch = candidates[: wanted - len(out)]
                 del candidates[: len(batch)]
-                out.extend(await self._claim_all(batch, visibility))
+                taken = {c["rk"]["S"] for c in batch}
+                self._claiming |= taken
+                try:
+                    out.extend(await self._claim_all(batch, visibility))
+                finally:
+                    self._claiming -= taken
         return out
 
     def _claim_op(self, candidate: dict[str, Any], lease: str, until: int) -> dict[str, Any]:
