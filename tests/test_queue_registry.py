@@ -112,7 +112,7 @@ def test_missing_builtin_module_says_so(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(msgcluster.BackendUnavailableError) as info:
         open_queue("sqs://jobs")
     assert "msgcluster.queues._nope" in str(info.value)
-    assert "planned" in str(info.value)
+    assert "reinstall" in str(info.value)
 
 
 def test_missing_dependency_of_a_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -170,8 +170,8 @@ def _import_factory(scheme: str, target: str) -> QueueFactory:
     except ModuleNotFoundError as exc:
         if target == _BUILTIN.get(scheme) and exc.name == module_name:
             raise BackendUnavailableError(
-                f"{scheme}:// is a known queue scheme, but its backend ({module_name}) is not "
-                "part of this version of msgcluster yet: it is planned. Available now: "
+                f"{scheme}:// is a built-in queue scheme, but its backend ({module_name}) is "
+                "missing from this installation of msgcluster: reinstall it. Available now: "
                 f"{', '.join(_available_builtins())}"
             ) from exc
         raise BackendUnavailableError(
