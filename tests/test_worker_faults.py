@@ -1,0 +1,90 @@
+"""The worker and the sqs:// backend under the failures moto never produces:
+throttled receives, acks with failed entries, an ack applied whose answer was
+lost, a visibility change that fails. Tracked messages: each handled once."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import anyio
+import msgspec
+from conftest import queue_depth
+from faultproxy import FaultProxy, drop_response, fail_sqs_batch_entries, throttle
+
+import msgcluster
+from msgcluster.queues import open_queue
+from msgcluster.worker import App, Outcome, Retry, Worker
+
+
+class Job(msgspec.Struct):
+    n: int
+
+
+async def test_sqs_backend_reports_failed_entries_per_message(
+    pc: msgcluster.Client, queue_url: str, proxy: FaultProxy
+) -> None:
+    async with open_queue(queue_url, client=pc.sqs) as queue:
+        proxy.add_rule("SendMessageBatch", fail_sqs_batch_entries(1), times=1)
+        sent = await queue.send([b"a", b"b", b"c"])
+        assert [r.ok for r in sent] == [False, True, True]
+        assert isinstance(sent[0].error, msgcluster.AwsError)
+        received = []
+        with anyio.fail_after(10):
+            while len(received) < 2:
+                received += await queue.receive(wait_seconds=1, visibility_timeout=30)
+        proxy.add_rule("ChangeMessageVisibilityBatch", fail_sqs_batch_entries(1), times=1)
+        changed = await queue.change_visibility([(m, 0) for m in received])
+        assert [r.ok for r in changed] == [False, True]
+        proxy.add_rule("DeleteMessageBatch", fail_sqs_batch_entries(1), times=1)
+        acked = await queue.ack(received)
+        assert [r.ok for r in acked] == [False, True]
+        assert await queue_depth(pc, queue_url) == 1  # the failed ack left it there
+
+
+async def test_worker_rides_out_sqs_faults_and_handles_each_tracked_message_once(
+    pc: msgcluster.Client, mc: msgcluster.Client, queue_url: str, proxy: FaultProxy
+) -> None:
+    keys = await mc.send_message_batch(queue_url, [Job(n) for n in range(30)])
+    app = App(client=pc)
+    handled: Counter[int] = Counter()
+
+    @app.handler(Job)
+    async def job(body: Job) -> None:
+        handled[body.n] += 1
+        if body.n == 5 and handled[5] == 1:
+            raise Retry(0)
+
+    rules = [
+        # Throttled beyond botocore's retries (8 attempts): the worker backs off.
+        proxy.add_rule("ReceiveMessage", throttle(), times=10),
+        # Two entries of one ack fail: redelivered later, then skipped as done.
+        proxy.add_rule("DeleteMessageBatch", fail_sqs_batch_entries(2), times=1),
+        # An ack applied whose answer is lost: botocore retries it.
+        proxy.add_rule("DeleteMessageBatch", drop_response(), times=1),
+        # The retry's visibility change fails: the message comes back anyway.
+        proxy.add_rule("ChangeMessageVisibilityBatch", fail_sqs_batch_entries(1), times=1),
+    ]
+    worker = Worker(
+        app,
+        queue_url,
+        queue_options={"client": pc.sqs},
+        visibility_timeout=2,
+        wait_seconds=0.5,
+        backoff_base=0.01,
+        handle_signals=False,
+    )
+
+    async def all_done() -> bool:
+        records = await mc.get_message_records(keys, consistent_read=True)
+        return all(r is None for r in records) and await queue_depth(mc, queue_url) == 0
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            while not await all_done():  # noqa: ASYNC110
+                await anyio.sleep(0.25)
+            worker.stop()
+    assert [rule.hits for rule in rules] == [10, 1, 1, 1]  # every fault was served
+    # Each handled once; 5 twice (its first run asked for a retry).
+    assert handled == Counter({n: 2 if n == 5 else 1 for n in range(30)})
+    assert worker.stats[Outcome.SKIPPED] >= 2  # the two whose ack failed came back
