@@ -428,8 +428,10 @@ async def test_cluster_commands(
     assert doc["meta"] == {"a": 1}
     assert doc["callback_status"] is None
     assert [c["id"] for c in listing.json["clusters"]] == [cid]
-    assert listing.json["count"] == 1
-    assert listing.json["cost"]["scanned_items"] >= 1
+    assert (listing.json["count"], listing.json["source"]) == (1, "index")
+    scanned = (await cli(local_aws, "cluster", "ls", "--scan", *table, "--json")).json
+    assert [c["id"] for c in scanned["clusters"]] == [cid]
+    assert scanned["cost"]["scanned_items"] >= 1
     assert timeout.json["outcome"] == "timeout"
     missing.one_line_error("no cluster no-such-cluster")
 

@@ -149,3 +149,46 @@ async def test_local_server_transactions_stay_atomic(
         await mc.dynamodb.transact_write_items(TransactItems=items)
     assert (await mc.dynamodb.get_item(TableName=table, Key=key))["Item"]["n"] == {"N": "1"}
     assert "Item" not in await mc.dynamodb.get_item(TableName=table, Key=new)
+
+
+async def test_list_clusters_reads_the_cluster_index(
+    mc: msgcluster.Client, queue_url: str, local_aws: LocalAWS, names: dict[str, str]
+) -> None:
+    keys = []
+    for n in range(3):
+        keys.append(await mc.create_message_cluster(queue_url, [{"n": n}], omit_globals=True))
+        await anyio.sleep(0.01)  # distinct start times (milliseconds)
+    await mc.cancel_message_cluster(keys[1])
+    listed = [c.key async for c in mc.list_clusters(page_size=2)]  # two pages
+    assert listed == keys[::-1]
+    oldest_first = [c.key async for c in mc.list_clusters(newest_first=False)]
+    assert oldest_first == keys
+    running = [c.key async for c in mc.list_clusters(status=Status.IN_PROGRESS)]
+    assert running == [keys[2], keys[0]]
+    # Only cluster records are in the index: task and shard records are not read.
+    indexed = await mc.dynamodb.query(
+        TableName=names["table"],
+        IndexName="clusters-by-start",
+        KeyConditionExpression="clusterIndex = :k",
+        ExpressionAttributeValues={":k": {"S": "cluster"}},
+    )
+    assert sorted(item["rk"]["S"] for item in indexed["Items"]) == ["SQSMessage$cluster"] * 3
+
+    # A table made before the index gets it from provision().
+    old = f"{names['table']}-old"
+    await mc.dynamodb.create_table(
+        TableName=old,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "rk", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "rk", "KeyType": "RANGE"},
+        ],
+    )
+    async with client_for(local_aws, {**names, "table": old}) as upgraded:
+        await upgraded.provision()
+        key = await upgraded.create_message_cluster(queue_url, [{"n": 1}], omit_globals=True)
+        assert [c.key async for c in upgraded.list_clusters()] == [key]

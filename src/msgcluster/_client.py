@@ -421,6 +421,26 @@ class Client:
             self.ctx, key, statuses, consistent_read=consistent_read, page_size=page_size
         )
 
+    def list_clusters(
+        self,
+        *,
+        status: Status | str | None = None,
+        newest_first: bool = True,
+        started_after: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[MessageClusterRecord]:
+        """Clusters by start time (newest first by default), optionally of one
+        status, from the table's sparse cluster index: it reads cluster records
+        only. Tables provisioned before the index get it from ``provision()``;
+        clusters created before that are not listed."""
+        return _clusters.list_clusters(
+            self.ctx,
+            status=status,
+            newest_first=newest_first,
+            started_after=started_after,
+            page_size=page_size,
+        )
+
     def completed_tasks(
         self, key: object, *, consistent_read: bool = False
     ) -> AsyncIterator[MessageRecord]:

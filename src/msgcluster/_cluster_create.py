@@ -26,7 +26,14 @@ import msgspec
 
 from . import _payloads
 from ._batching import gather_limited, iter_chunks, pack_by_size
-from ._clusterkeys import SHARD_SIZE, cluster_key, shard_key, task_key
+from ._clusterkeys import (
+    CLUSTER_INDEX_KEY,
+    CLUSTER_INDEX_VALUE,
+    SHARD_SIZE,
+    cluster_key,
+    shard_key,
+    task_key,
+)
 from ._context import iso_now
 from ._dynamo import batch_get, batch_write, get_consistent, key_attrs
 from ._errors import (
@@ -216,6 +223,7 @@ async def _put_cluster(
                 | {
                     "status": {"S": Status.PRE_FLIGHT.value},
                     "statusCode": {"N": str(int(StatusCode.PRE_FLIGHT))},
+                    CLUSTER_INDEX_KEY: {"S": CLUSTER_INDEX_VALUE},
                 },
                 ConditionExpression="attribute_not_exists(pk)",
             )

@@ -19,6 +19,9 @@ from ._errors import InvalidKeyError
 from ._schemas import KEY_PREFIX, RecordKey
 
 __all__ = [
+    "CLUSTER_INDEX",
+    "CLUSTER_INDEX_KEY",
+    "CLUSTER_INDEX_VALUE",
     "CLUSTER_SORT_KEY",
     "SHARD_SIZE",
     "SHARD_SORT_KEY",
@@ -37,6 +40,13 @@ __all__ = [
 # after another, so several are usually active at once.
 SHARD_SIZE: Final = 1_000
 CLUSTER_SORT_KEY: Final = f"{KEY_PREFIX}cluster"
+# A sparse, keys-only index that only cluster records are in (they alone carry
+# the attribute), sorted by start time: listing clusters reads clusters only,
+# never the table's task and message records. Its key attributes never change,
+# so the many updates of a running cluster's item cost the index nothing.
+CLUSTER_INDEX: Final = "clusters-by-start"
+CLUSTER_INDEX_KEY: Final = "clusterIndex"
+CLUSTER_INDEX_VALUE: Final = "cluster"
 SHARD_SORT_KEY: Final = f"{KEY_PREFIX}shard"
 TASK_SORT_PREFIX: Final = f"{KEY_PREFIX}task$"
 _SHARD_MARK: Final = "$shard$"

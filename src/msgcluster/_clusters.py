@@ -10,6 +10,9 @@ import msgspec
 from ._batching import chunked
 from ._callbacks import ClusterCallback, run_callback
 from ._clusterkeys import (
+    CLUSTER_INDEX,
+    CLUSTER_INDEX_KEY,
+    CLUSTER_INDEX_VALUE,
     SHARD_SIZE,
     TASK_SORT_PREFIX,
     cluster_id_of,
@@ -47,6 +50,7 @@ __all__ = [
     "cluster_id_from",
     "get_message_cluster",
     "iter_cluster_tasks",
+    "list_clusters",
     "on_cluster_complete",
     "redrive_failed",
     "update_message_cluster",
@@ -111,6 +115,52 @@ async def get_message_cluster(
         completed += shard.done
         failed += shard.failed_count
     return msgspec.structs.replace(record, completed=completed, failed=failed)
+
+
+async def list_clusters(
+    ctx: Context,
+    *,
+    status: Status | str | None = None,
+    newest_first: bool = True,
+    started_after: str | None = None,
+    page_size: int = 100,
+) -> AsyncIterator[MessageClusterRecord]:
+    """Cluster records by start time, from the sparse cluster index: one Query
+    page of keys, then one BatchGetItem of records, per ``page_size``.
+
+    The records are as stored (counts of closed shards; ``get_message_cluster``
+    sums a running cluster's shards). ``status`` filters them; ``started_after``
+    (an ISO time) bounds the range.
+    """
+    wanted = Status(status) if status is not None else None
+    request: dict[str, Any] = {
+        "TableName": ctx.table,
+        "IndexName": CLUSTER_INDEX,
+        "KeyConditionExpression": "#k = :k",
+        "ExpressionAttributeNames": {"#k": CLUSTER_INDEX_KEY},
+        "ExpressionAttributeValues": {":k": {"S": CLUSTER_INDEX_VALUE}},
+        "ScanIndexForward": not newest_first,
+        "Limit": page_size,
+    }
+    if started_after is not None:
+        request["KeyConditionExpression"] += " AND startedAt > :after"
+        request["ExpressionAttributeValues"][":after"] = {"S": started_after}
+    while True:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.query(**request)
+        keys = [(item["pk"]["S"], item["rk"]["S"]) for item in response.get("Items", [])]
+        found = await batch_get(ctx, keys)
+        for key in keys:  # in index order; one deleted meanwhile is skipped
+            item = found.get(key)
+            if item is None:
+                continue
+            record = decode_item(item, MessageClusterRecord)
+            if wanted is None or record.status == wanted:
+                yield record
+        last = response.get("LastEvaluatedKey")
+        if not last:
+            return
+        request["ExclusiveStartKey"] = last
 
 
 async def iter_cluster_tasks(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from ._clusterkeys import CLUSTER_INDEX, CLUSTER_INDEX_KEY
 from ._errors import (
     AwsError,
     ConfigurationError,
@@ -70,6 +71,20 @@ def _check_queue_name(name: object) -> None:
 # --------------------------------------------------------------------------- table
 
 
+_INDEX_ATTRIBUTES: Final[list[Any]] = [
+    {"AttributeName": CLUSTER_INDEX_KEY, "AttributeType": "S"},
+    {"AttributeName": "startedAt", "AttributeType": "S"},
+]
+_CLUSTER_INDEX: Final[Any] = {
+    "IndexName": CLUSTER_INDEX,
+    "KeySchema": [
+        {"AttributeName": CLUSTER_INDEX_KEY, "KeyType": "HASH"},
+        {"AttributeName": "startedAt", "KeyType": "RANGE"},
+    ],
+    "Projection": {"ProjectionType": "KEYS_ONLY"},
+}
+
+
 async def ensure_table(ctx: Context) -> None:
     table = ctx.table
     try:
@@ -80,16 +95,19 @@ async def ensure_table(ctx: Context) -> None:
                 AttributeDefinitions=[
                     {"AttributeName": "pk", "AttributeType": "S"},
                     {"AttributeName": "rk", "AttributeType": "S"},
+                    *_INDEX_ATTRIBUTES,
                 ],
                 KeySchema=[
                     {"AttributeName": "pk", "KeyType": "HASH"},
                     {"AttributeName": "rk", "KeyType": "RANGE"},
                 ],
+                GlobalSecondaryIndexes=[_CLUSTER_INDEX],
             )
     except AwsError as exc:
         if exc.code != "ResourceInUseException":
             raise
     await _wait_active(ctx)
+    await _ensure_cluster_index(ctx)
     with aws_errors(resource=table):
         ttl = await ctx.ddb.describe_time_to_live(TableName=table)
     description = ttl.get("TimeToLiveDescription", {})
@@ -107,13 +125,35 @@ async def ensure_table(ctx: Context) -> None:
         )
 
 
+async def _ensure_cluster_index(ctx: Context) -> None:
+    """Add the cluster index to a table made before it existed (clusters
+    created before then are not in it: ``list_clusters`` does not see them)."""
+    with aws_errors(resource=ctx.table):
+        described = await ctx.ddb.describe_table(TableName=ctx.table)
+    indexes = described["Table"].get("GlobalSecondaryIndexes", [])
+    if any(index["IndexName"] == CLUSTER_INDEX for index in indexes):
+        return
+    with aws_errors(resource=ctx.table):
+        await ctx.ddb.update_table(
+            TableName=ctx.table,
+            AttributeDefinitions=_INDEX_ATTRIBUTES,
+            GlobalSecondaryIndexUpdates=[{"Create": _CLUSTER_INDEX}],
+        )
+    await _wait_active(ctx, limit=1800.0)  # AWS backfills the index from the table
+
+
 async def _wait_active(ctx: Context, limit: float = 120.0) -> None:
+    """Until the table and its indexes are ACTIVE."""
     with anyio.fail_after(limit):
         delay = 0.05
         while True:
             with aws_errors(resource=ctx.table):
                 described = await ctx.ddb.describe_table(TableName=ctx.table)
-            if described["Table"].get("TableStatus") == "ACTIVE":
+            table = described["Table"]
+            indexes = table.get("GlobalSecondaryIndexes", [])
+            if table.get("TableStatus") == "ACTIVE" and all(
+                index.get("IndexStatus", "ACTIVE") == "ACTIVE" for index in indexes
+            ):
                 return
             await anyio.sleep(delay)
             delay = min(delay * 2, 2.0)

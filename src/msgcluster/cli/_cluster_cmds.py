@@ -209,54 +209,72 @@ def _status_arg(text: str) -> Status:
 
 async def ls(inv: Invocation) -> int:
     limit: int | None = inv.args.limit
+    scan: bool = inv.args.scan
     cost = ScanCost()
     encode = msgspec.json.encode
-    async with (
-        client(inv) as mc,
-        contextlib.aclosing(
-            scan_clusters(mc, status=inv.args.status, page_size=inv.args.page_size, cost=cost)
-        ) as records,
-    ):
-        writer = None
-        if inv.out.json:
-            inv.out.write(encode({"table": mc.settings.table}).decode()[:-1] + ',"clusters":[')
-        else:
-            writer = inv.out.table_writer(
-                ["ID", "STATUS", "TOTAL", "COMPLETED", "FAILED", "STARTED", "CALLBACK"]
+    async with client(inv) as mc:
+        source: Any  # an async generator either way: aclosing() ends it early
+        if scan:
+            source = scan_clusters(
+                mc, status=inv.args.status, page_size=inv.args.page_size, cost=cost
             )
-        count = 0
-        async for stored in records:
-            if limit is not None and count >= limit:
-                break
-            record = await _live(mc, stored) if inv.args.live else stored
-            if record is None:
-                continue
-            if writer is None:
-                inv.out.write(("," if count else "") + encode(cluster_doc(record)).decode())
-            else:
-                writer.add(
-                    [
-                        record.id or cluster_id_of(record.key),
-                        _status_text(record),
-                        record.total,
-                        record.completed,
-                        record.failed,
-                        record.started_at,
-                        record.callback_status.value if record.callback_status else None,
-                    ]
-                )
-            count += 1
-    if writer is None:
-        tail = encode({"count": count, "cost": cost}).decode()
-        inv.out.write("]," + tail[1:] + "\n")
-    else:
-        writer.close()
+        else:
+            source = mc.list_clusters(status=inv.args.status, page_size=inv.args.page_size)
+        async with contextlib.aclosing(source) as records:
+            count = await _write_clusters(inv, mc, records, limit)
+    if inv.out.json:
+        tail: dict[str, Any] = {"count": count, "source": "scan" if scan else "index"}
+        if scan:
+            tail["cost"] = cost
+        inv.out.write("]," + encode(tail).decode()[1:] + "\n")
+    elif scan:
         units = "" if cost.read_capacity_units is None else f", {cost.read_capacity_units:g} RCU"
         inv.out.note(
             f"{count} cluster(s); scanned {cost.scanned_items} item(s) of table "
             f"{inv.settings.table} in {cost.requests} request(s){units}"
         )
+    else:
+        inv.out.note(f"{count} cluster(s), from the cluster index of table {inv.settings.table}")
     return EXIT_OK
+
+
+async def _write_clusters(
+    inv: Invocation, mc: Client, records: AsyncIterator[MessageClusterRecord], limit: int | None
+) -> int:
+    """Stream the listing (a JSON array, or table rows); how many were written."""
+    encode = msgspec.json.encode
+    writer = None
+    if inv.out.json:
+        inv.out.write(encode({"table": mc.settings.table}).decode()[:-1] + ',"clusters":[')
+    else:
+        writer = inv.out.table_writer(
+            ["ID", "STATUS", "TOTAL", "COMPLETED", "FAILED", "STARTED", "CALLBACK"]
+        )
+    count = 0
+    async for stored in records:
+        if limit is not None and count >= limit:
+            break
+        record = await _live(mc, stored) if inv.args.live else stored
+        if record is None:
+            continue
+        if writer is None:
+            inv.out.write(("," if count else "") + encode(cluster_doc(record)).decode())
+        else:
+            writer.add(
+                [
+                    record.id or cluster_id_of(record.key),
+                    _status_text(record),
+                    record.total,
+                    record.completed,
+                    record.failed,
+                    record.started_at,
+                    record.callback_status.value if record.callback_status else None,
+                ]
+            )
+        count += 1
+    if writer is not None:
+        writer.close()
+    return count
 
 
 # --------------------------------------------------------------------------- cancel, redrive
@@ -310,10 +328,15 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
     parser = command("watch", watch, "a live progress bar until the cluster is final")
     parser.add_argument("--interval", type=seconds, default=1.0, help="seconds between polls")
     parser.add_argument("--timeout", type=seconds, default=None, help="give up after N seconds")
-    parser = command("ls", ls, "list clusters (a Scan of the whole table)", key=False)
+    parser = command("ls", ls, "list clusters, newest first (the table's cluster index)", key=False)
     parser.add_argument("--status", type=_status_arg, default=None, help="only this status")
     parser.add_argument("--limit", type=positive, default=None, help="stop after N clusters")
-    parser.add_argument("--page-size", type=positive, default=1000, help="items per Scan request")
+    parser.add_argument("--page-size", type=positive, default=100, help="items per request")
+    parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="Scan the whole table instead (finds clusters created before the index existed)",
+    )
     parser.add_argument(
         "--no-live",
         dest="live",

@@ -62,7 +62,8 @@ OPERATIONS: Final[dict[str, dict[str, Permission]]] = {
         "DescribeTable": Permission("dynamodb:DescribeTable", _P),
         "DescribeTimeToLive": Permission("dynamodb:DescribeTimeToLive", _P),
         "UpdateTimeToLive": Permission("dynamodb:UpdateTimeToLive", _P),
-        "Scan": Permission("dynamodb:Scan", _C),  # `cluster ls`
+        "UpdateTable": Permission("dynamodb:UpdateTable", _P),  # adds the cluster index
+        "Scan": Permission("dynamodb:Scan", _C),  # `cluster ls --scan`
     },
     "sqs": {
         "GetQueueUrl": Permission("sqs:GetQueueUrl", _R),
