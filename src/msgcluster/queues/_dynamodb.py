@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
 
 from .._errors import (
     ConditionFailedError,
@@ -177,20 +174,7 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
         self._capabilities = _capabilities(meta.fifo, native_dlq=dlq is not None)
 
     async def _create_client(self) -> None:
-        session = self._params.get("session") or AioSession()
-        self._stack = AsyncExitStack()
-        config = AioConfig(
-            max_pool_connections=self._params.get("max_connections", 16),
-            retries={"mode": "standard"},
-        )
-        kwargs: dict[str, Any] = {"config": config}
-        if "region" in self._params:
-            kwargs["region_name"] = self._params["region"]
-        if "endpoint" in self._params:
-            kwargs["endpoint_url"] = self._params["endpoint"]
-        self._client = await self._stack.enter_async_context(
-            session.create_client("dynamodb", **kwargs)
-        )
+        self._client = await self._own_client("dynamodb", self._params)
 
     async def _meta(
         self,

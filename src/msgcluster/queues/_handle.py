@@ -8,9 +8,11 @@ shutdown never waits one out, then closes what the handle opened.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, contextmanager
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 
 from .._errors import QueueClosedError
 
@@ -34,6 +36,28 @@ class QueueHandle:
     @property
     def uri(self) -> str:
         return self._uri
+
+    async def _own_client(
+        self, service: str, params: dict[str, Any], endpoint_url: str | None = None
+    ) -> Any:
+        """An aiobotocore client this handle creates, and closes with itself:
+        from the ``session`` option (or a new session), ``region``/``endpoint``
+        parameters, a pool of ``max_connections`` and botocore's standard
+        retries (throttling, connection errors: the transport's job)."""
+        session: Any = params.get("session") or AioSession()  # (stubs overload per service)
+        config = AioConfig(
+            max_pool_connections=params.get("max_connections", 16),
+            retries={"mode": "standard"},
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if "region" in params:
+            kwargs["region_name"] = params["region"]
+        endpoint = params.get("endpoint", endpoint_url)
+        if endpoint is not None:
+            kwargs["endpoint_url"] = endpoint
+        if self._stack is None:
+            self._stack = AsyncExitStack()
+        return await self._stack.enter_async_context(session.create_client(service, **kwargs))
 
     @contextmanager
     def _poll_scope(self) -> Iterator[None]:

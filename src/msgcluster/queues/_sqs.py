@@ -21,9 +21,6 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-
 from .._errors import (
     AwsError,
     MessageTooLargeError,
@@ -132,27 +129,13 @@ class SqsQueue(QueueHandle):
         self._capabilities: Capabilities | None = None
 
     async def _open(self, uri: QueueURI) -> None:
-        from contextlib import AsyncExitStack
-
         url, self.name = _target(uri)
         if self._client is None:
-            session = self._params.get("session") or AioSession()
-            self._stack = AsyncExitStack()
-            config = AioConfig(
-                max_pool_connections=self._params.get("max_connections", 16),
-                retries={"mode": "standard"},
-            )
-            kwargs: dict[str, Any] = {"config": config}
-            if "region" in self._params:
-                kwargs["region_name"] = self._params["region"]
-            if "endpoint" in self._params:
-                kwargs["endpoint_url"] = self._params["endpoint"]
-            elif url is not None and not url.startswith("https://sqs."):
+            local = None
+            if url is not None and not url.startswith("https://sqs."):
                 # A local endpoint's queue URL: talk to that endpoint.
-                kwargs["endpoint_url"] = url.split("/", 3)[0] + "//" + url.split("/", 3)[2]
-            self._client = await self._stack.enter_async_context(
-                session.create_client("sqs", **kwargs)
-            )
+                local = url.split("/", 3)[0] + "//" + url.split("/", 3)[2]
+            self._client = await self._own_client("sqs", self._params, local)
         with aws_errors(resource=f"sqs://{self.name}"):
             if url is None:
                 request: dict[str, Any] = {"QueueName": self.name}
