@@ -117,6 +117,14 @@ async def get_message_cluster(
     return msgspec.structs.replace(record, completed=completed, failed=failed)
 
 
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        valid = ", ".join(repr(s.value) for s in Status)
+        raise ValidationError(f"unknown status {value!r}; valid: {valid}") from None
+
+
 async def list_clusters(
     ctx: Context,
     *,
@@ -132,7 +140,7 @@ async def list_clusters(
     sums a running cluster's shards). ``status`` filters them; ``started_after``
     (an ISO time) bounds the range.
     """
-    wanted = Status(status) if status is not None else None
+    wanted = _status(status) if status is not None else None
     request: dict[str, Any] = {
         "TableName": ctx.table,
         "IndexName": CLUSTER_INDEX,
@@ -177,7 +185,7 @@ async def iter_cluster_tasks(
     """
     cid = cluster_id_from(key)
     record = decode_item(await _get_cluster_item(ctx, cid, consistent_read), MessageClusterRecord)
-    wanted = [Status(s) for s in statuses] if statuses is not None else None
+    wanted = [_status(s) for s in statuses] if statuses is not None else None
     for shard in range(_shard_count(record)):
         pk = shard_key(cid, shard).pk
         request: dict[str, Any] = {
