@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import msgcluster
 from msgcluster import MessageClusterRecord, MessageRecord, RecordKey, Status
 from msgcluster._itemcodec import decode_item, encode_item, from_attr, to_attr
-from msgcluster._records import SqsMessage, parse_envelope
+from msgcluster._records import Kind, SqsMessage, classify
 from msgcluster._schemas import ErrorEntry, MessageEnvelope, S3Pointer, TaskEnvelope
 
 # Floats DynamoDB can hold exactly as Python's repr writes them; ints within 38 digits.
@@ -102,14 +102,17 @@ def test_envelopes_round_trip_through_the_tagged_union(ident: str, body: Any) ->
     raw = msgspec.Raw(msgspec.json.encode(body))
     message = MessageEnvelope(pk=f"SQSMessage${ident}", rk="SQSMessage$message", url="u", body=raw)
     task = TaskEnvelope(
-        pk=f"SQSMessage${ident}",
-        rk="SQSMessage$task",
+        pk=f"SQSMessage${ident}$shard$0",
+        rk="SQSMessage$task$0000000007",
         task=raw,
         globals_s3=S3Pointer(bucket="b", key="k", size=3),
     )
     for envelope in (message, task):
         wire = msgspec.json.encode(envelope).decode()
-        decoded = parse_envelope(SqsMessage(id="m", body=wire))
+        incoming = classify(SqsMessage(id="m", body=wire))
+        assert incoming.error is None
+        assert incoming.kind is (Kind.MESSAGE if envelope is message else Kind.TASK)
+        decoded = incoming.envelope
         assert type(decoded) is type(envelope)
         assert msgspec.json.encode(decoded) == msgspec.json.encode(envelope)
 

@@ -662,7 +662,7 @@ async def test_offloaded_body_is_loaded_before_the_handler(
         inline = await small.send_message(queue_url, Blob("small"))
         arn = await queue_arn(small, queue_url)
         messages = await receive_all(small, queue_url, 2)
-        assert any("bodyS3" in m["Body"] for m in messages)
+        assert any("PayloadS3Pointer" in m["Body"] for m in messages)
         event = {"Records": [as_lambda_record(m, arn) for m in messages]}
         seen: dict[RecordKey, tuple[bool, int]] = {}
 
@@ -755,8 +755,8 @@ async def test_completion_check_that_fails_raises_before_any_handler(
 SAMPLE_OUTCOMES: dict[str, list[int] | type[Exception]] = {
     "sqs_standard.json": [],
     "sqs_fifo_two_groups.json": [],
-    "sqs_with_poison_body.json": [1],  # plain text
-    "sqs_sns_notification_body.json": [1],  # SNS -> SQS without raw message delivery
+    "sqs_with_poison_body.json": [],  # plain text: not msgcluster's, processed as it is
+    "sqs_sns_notification_body.json": [],  # SNS -> SQS without raw message delivery
     "malformed_missing_message_id.json": msgcluster.MalformedEventError,
     "not_sqs_s3_event.json": msgcluster.MalformedEventError,
 }
@@ -782,7 +782,14 @@ async def test_sample_event(
         assert seen == []
         assert await stored_keys(mc, names["table"]) == set(slots)
         return
-    result = await mc.safe_process_batch(filled.event, lambda r: seen.append(r.key))
+    plain: list[str] = []
+    result = await mc.safe_process_batch(
+        filled.event, lambda r: seen.append(r.key) if r.tracked else plain.append(r["body"])
+    )
     assert failures(result) == [filled.id(i) for i in expected]
     assert sorted(seen, key=str) == sorted(slots, key=str)
+    # Records msgcluster did not send reach the handler with their body as sent.
+    assert plain == [
+        r["body"] for r, k in zip(filled.records, filled.keys, strict=True) if k is None
+    ]
     assert await stored_keys(mc, names["table"]) == set()

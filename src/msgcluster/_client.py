@@ -279,7 +279,10 @@ class Client:
 
     async def is_complete(self, record: object) -> bool:
         """True if the record's work is done and its message can be acknowledged
-        (see :meth:`is_complete_batch` for what "done" means per kind)."""
+        (see :meth:`is_complete_batch` for what "done" means per kind). False for
+        a plain message (msgcluster did not send it; no table is read). A
+        mis-keyed envelope raises :class:`EnvelopeError`."""
+        _messages.record_key(record)
         return (await _consume.is_complete_batch(self.ctx, [record]))[0]
 
     async def is_complete_batch(self, records: Sequence[object]) -> list[bool]:
@@ -295,8 +298,11 @@ class Client:
     async def mark_complete(self, record: object) -> bool:
         """Complete a message (its record is deleted) or count a cluster task once.
 
-        True if this call did it (False for a duplicate).
+        True if this call did it (False for a duplicate, and for a plain message,
+        which has no record: nothing is written). A mis-keyed envelope raises
+        :class:`EnvelopeError`.
         """
+        _messages.record_key(record)
         return (await _consume.mark_complete_batch(self.ctx, [record]))[0]
 
     async def mark_complete_batch(self, records: Sequence[object]) -> list[bool]:

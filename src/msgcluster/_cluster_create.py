@@ -79,15 +79,14 @@ class PreparedTask(Prepared):
         self.globals_s3 = globals_s3
         super().__init__(**kw)
 
-    def encode_envelope(self, pointer: S3Pointer | None) -> bytes:
+    def encode_envelope(self) -> bytes:
         envelope = TaskEnvelope(
             pk=self.key.pk,
             rk=self.key.rk,
             url=self.url,
             task_id=self.ident,
             cluster_pk=self.cluster_pk,
-            task=msgspec.Raw(self.body) if pointer is None else msgspec.Raw(b""),
-            task_s3=pointer,
+            task=msgspec.Raw(self.body),
             globals_s3=self.globals_s3,
         )
         return _encoder.encode(envelope)
@@ -337,7 +336,7 @@ class _Creator:
         large = [entry for entry in entries if needs_offload(self.ctx, entry)]
 
         async def offload(entry: Prepared) -> None:
-            entry.offload_to(await _payloads.store(self.ctx, entry.ident, entry.body))
+            entry.offload_to(await _payloads.store_payload(self.ctx, entry.key, entry.envelope))
 
         await gather_limited(self.ctx.limiter, [partial(offload, entry) for entry in large])
 

@@ -9,19 +9,28 @@ a receive batch's completion check, one TransactWriteItems for its tasks.
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from . import _messages, _payloads
-from ._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef, cluster_key
+from ._clusterkeys import TaskRef, cluster_key
 from ._context import iso_now
 from ._dynamo import batch_get, batch_write, key_attrs
+from ._errors import EnvelopeError
 from ._fanin import repair, settle_tasks
 from ._itemcodec import to_attr
-from ._schemas import CallbackStatus, ErrorEntry, MessageRecord, RecordKey, Status, StatusCode
+from ._records import Kind, kind_of
+from ._schemas import (
+    KEY_PREFIX,
+    CallbackStatus,
+    ErrorEntry,
+    MessageRecord,
+    RecordKey,
+    Status,
+    StatusCode,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,25 +55,18 @@ _DONE_TASK: Final = frozenset({Status.COMPLETE.value, Status.ERROR.value})
 _DONE_CALLBACK: Final = frozenset({CallbackStatus.DONE.value, CallbackStatus.ERROR.value})
 
 
-class Kind(enum.Enum):
-    MESSAGE = "message"
-    TASK = "task"
-    EVENT = "cluster"
-
-
-def kind_of(key: RecordKey) -> Kind:
-    if key.rk.startswith(TASK_SORT_PREFIX):
-        return Kind.TASK
-    if key.rk == CLUSTER_SORT_KEY:
-        return Kind.EVENT
-    return Kind.MESSAGE
-
-
-def _classify(records: Sequence[object]) -> list[tuple[RecordKey, SqsMessage | None, Kind]]:
-    out = []
+def _classify(
+    records: Sequence[object],
+) -> list[tuple[RecordKey | None, SqsMessage | None, Kind]]:
+    """Key, message and kind per record; a plain or mis-keyed message has no key."""
+    out: list[tuple[RecordKey | None, SqsMessage | None, Kind]] = []
     for record in records:
-        key, message = _messages.record_key(record)
-        out.append((key, message, kind_of(key)))
+        try:
+            key, message = _messages.record_key(record)
+        except EnvelopeError:
+            out.append((None, None, Kind.PLAIN))
+            continue
+        out.append((key, message, kind_of(key) if key is not None else Kind.PLAIN))
     return out
 
 
@@ -87,25 +89,36 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
       found counted first repairs its shard (a consumer may have crashed
       between counting and closing), so acknowledging it is safe;
     - cluster event: the callback is done (or failed for good), or the
-      cluster is gone or cancelled.
+      cluster is gone or cancelled;
+    - a plain message (msgcluster did not send it) or a mis-keyed envelope:
+      never (there is no record to say so), and no table is read for it.
     """
     classified = _classify(records)
     wanted: list[tuple[str, str]] = []
     for key, _, kind in classified:
+        if key is None:
+            continue
         wanted.append((key.pk, key.rk))
         if kind is Kind.TASK:
             ckey = TaskRef(key).cluster_key
             wanted.append((ckey.pk, ckey.rk))
-    found = await batch_get(
-        ctx,
-        wanted,
-        consistent_read=True,
-        projection="pk, rk, #s, statusCode, callbackStatus",
-        names={"#s": "status"},
+    found = (
+        await batch_get(
+            ctx,
+            wanted,
+            consistent_read=True,
+            projection="pk, rk, #s, statusCode, callbackStatus",
+            names={"#s": "status"},
+        )
+        if wanted
+        else {}
     )
     out: list[bool] = []
     to_repair: set[tuple[str, int]] = set()
     for key, _, kind in classified:
+        if key is None:  # plain (or poison): never "already done"; nothing to skip
+            out.append(False)
+            continue
         item = found.get((key.pk, key.rk))
         status = item.get("status", {}).get("S") if item else None
         if kind is Kind.MESSAGE:
@@ -136,14 +149,17 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
 
     Tasks of the batch are counted in one transaction (per 90); messages'
     records are deleted with BatchWriteItem (per 25); a cluster event needs
-    no completion. For a message in a batch, True means its record is gone:
+    no completion; a plain message has no record and is not touched (False).
+    For a message in a batch, True means its record is gone:
     a batch delete cannot tell whether a concurrent duplicate deleted it
     first (a single message's ``mark_complete`` can, and does).
     """
     classified = _classify(records)
     out = [False] * len(classified)
     messages = {
-        index: key for index, (key, _, kind) in enumerate(classified) if kind is Kind.MESSAGE
+        index: key
+        for index, (key, _, kind) in enumerate(classified)
+        if kind is Kind.MESSAGE and key is not None
     }
     if len(messages) == 1:
         ((index, key),) = messages.items()
@@ -153,7 +169,9 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
         for index in messages:
             out[index] = True
     tasks = {
-        index: TaskRef(key) for index, (key, _, kind) in enumerate(classified) if kind is Kind.TASK
+        index: TaskRef(key)
+        for index, (key, _, kind) in enumerate(classified)
+        if kind is Kind.TASK and key is not None
     }
     if tasks:
         settled = await settle_tasks(ctx, list(tasks.values()))
@@ -171,6 +189,8 @@ async def mark_failed(
     """Record a failed attempt. A task on its last receive (or ``final``) is
     counted as failed."""
     key, message = _messages.record_key(record)
+    if key is None:  # plain: no record to note it on
+        return None
     kind = kind_of(key)
     if kind is Kind.EVENT:
         log.warning("completion event of %s failed: %s", key.pk, error)
@@ -198,8 +218,8 @@ async def mark_failed(
         if len(body) <= MAX_INLINE_FAILED_BODY:
             extra["failedBody"] = {"S": message.body}
         else:
-            ref = TaskRef(key)
-            pointer = await _payloads.store(ctx, ref.task_id.replace(":", "-"), body, kind="failed")
+            object_key = f"{key.pk}@{key.rk[len(KEY_PREFIX) :]}.failed.json"
+            pointer = await _payloads.store(ctx, object_key, body)
             extra["failedBodyS3"] = {
                 "M": {"bucket": {"S": pointer.bucket}, "key": {"S": pointer.key}}
             }

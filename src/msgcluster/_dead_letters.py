@@ -78,9 +78,13 @@ async def _reconcile_batch(ctx: Context, messages: Sequence[Any], report: DeadLe
     parsed: list[ParsedRecord[Any]] = []
     for message in messages:
         try:
-            parsed.append(_records.read(ctx, message, Any))
+            record = _records.read(ctx, message, msgspec.Raw)
         except (EnvelopeError, RecordError):
+            record = None
+        if record is None or not record.tracked:
             report.untracked += 1
+        else:
+            parsed.append(record)
     if not parsed:
         return
     done = await _consume.is_complete_batch(ctx, parsed)

@@ -14,31 +14,30 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._batching import gather_limited
 from ._callbacks import run_callback
 from ._clusterkeys import TaskRef, cluster_id_of
-from ._consume import Kind, is_complete_batch, kind_of, mark_failed
+from ._consume import is_complete_batch, mark_failed
 from ._dynamo import batch_write, key_attrs
-from ._errors import MalformedEventError, MsgclusterError
+from ._errors import ConfigurationError, MalformedEventError, MsgclusterError
 from ._fanin import settle_tasks
-from ._payloads import parse_extended_pointer
 from ._records import (
+    Incoming,
+    Kind,
     ParsedRecord,
     SqsMessage,
-    load,
+    classify,
+    kind_of,
+    load_incoming,
     normalize,
-    parse_envelope,
-    resolve_extended,
 )
-from ._schemas import RecordKey, RecordType
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._schemas import RecordKey
 
 __all__ = ["safe_process_batch"]
 
@@ -52,13 +51,20 @@ class _GroupBlocked(Exception):
 
 
 class _Item:
-    __slots__ = ("error", "key", "message", "ok")
+    __slots__ = ("error", "incoming", "ok")
 
-    def __init__(self, message: SqsMessage, key: RecordKey | None) -> None:
-        self.message = message
-        self.key = key
+    def __init__(self, incoming: Incoming) -> None:
+        self.incoming = incoming
         self.ok = False
-        self.error: BaseException | None = None
+        self.error: BaseException | None = incoming.error
+
+    @property
+    def message(self) -> SqsMessage:
+        return self.incoming.message
+
+    @property
+    def key(self) -> RecordKey | None:
+        return self.incoming.key
 
 
 def _records_of(event: object) -> list[SqsMessage]:
@@ -90,7 +96,7 @@ def _is_fifo(messages: list[SqsMessage]) -> bool:
 
 
 async def safe_process_batch(
-    ctx: Context,
+    ctx: Context | None,
     event: object,
     process_record: ProcessRecord,
     *,
@@ -98,51 +104,53 @@ async def safe_process_batch(
     fifo: bool | None = None,
     body_type: Any = Any,
 ) -> dict[str, list[dict[str, str]]]:
+    """Process a Lambda SQS event. ``ctx`` None (no Client): plain messages
+    only; a tracked or offloaded one then fails alone, saying why."""
     messages = _records_of(event)
     fifo = _is_fifo(messages) if fifo is None else fifo
-    items: list[_Item] = []
-    for message, resolved in zip(messages, await _resolve(ctx, messages), strict=True):
-        try:
-            if isinstance(resolved, MsgclusterError):
-                raise resolved
-            envelope = parse_envelope(resolved)
-            item = _Item(resolved, RecordKey(envelope.pk, envelope.rk))
-        except MsgclusterError as exc:
-            # Not ours / poison: fail it so redrive moves it to the DLQ.
-            log.warning("message %s cannot be processed: %s", message.id, exc)
-            item = _Item(message, None)
-            item.error = exc
-        items.append(item)
+    everything = [_Item(classify(message)) for message in messages]
+    for item in everything:
+        if item.error is not None:
+            log.warning("message %s cannot be processed: %s", item.message.id, item.error)
+        elif ctx is None and item.key is not None:
+            item.error = ConfigurationError(
+                f"message {item.message.id} is tracked (sent with Client.send_message or a "
+                "cluster task): reading it needs a Client, App(client=msgcluster.Client(...))"
+            )
 
     # The same message twice in one batch (duplicate delivery) runs once; the
     # copies share its outcome.
-    everything = items
-    originals: dict[RecordKey, _Item] = {}
+    originals: dict[object, _Item] = {}
     copies: list[tuple[_Item, _Item]] = []
-    items = []
+    items: list[_Item] = []
     for item in everything:
-        first = originals.setdefault(item.key, item) if item.key is not None else item
+        identity = item.key if item.key is not None else item.message.id
+        first = originals.setdefault(identity, item)
         if first is item:
             items.append(item)
         else:
             copies.append((item, first))
 
+    done: set[RecordKey] = set()
     checked = [item for item in items if item.key is not None and item.error is None]
-    flags = await is_complete_batch(ctx, [item.key for item in checked]) if checked else []
-    done = {item.key for item, flag in zip(checked, flags, strict=True) if flag}
+    if checked and ctx is not None:
+        flags = await is_complete_batch(ctx, [item.key for item in checked])
+        done = {item.key for item, flag in zip(checked, flags, strict=True) if flag and item.key}
     for item in items:
         if item.key in done:
             item.ok = True
 
     async def run(item: _Item) -> None:
         try:
-            parsed = await load(ctx, item.message, body_type)
-            if parsed.type is RecordType.CLUSTER and ctx.cluster_callbacks:
+            parsed = await load_incoming(ctx, item.incoming, body_type)
+            item.incoming = _resolved(item.incoming, parsed)
+            if parsed.kind is Kind.EVENT and ctx is not None and ctx.cluster_callbacks:
                 # A completion event, and this Client has the callback: run it
                 # (claimed, so exactly once); a False claim means it is running
                 # elsewhere, so the event stays for a later try.
+                assert parsed.key is not None
                 if not await run_callback(
-                    ctx, cluster_id_of(parsed.envelope.pk), ctx.cluster_callbacks[0]
+                    ctx, cluster_id_of(parsed.key.pk), ctx.cluster_callbacks[0]
                 ):
                     raise RuntimeError("completion callback is running elsewhere; retry later")
                 item.ok = True
@@ -166,7 +174,6 @@ async def safe_process_batch(
                 await run(item)
             failed = item.error is not None
 
-    todo = [item for item in items if not item.ok and item.error is None]
     limiter = anyio.CapacityLimiter(max(1, concurrency))
 
     async def limited(func: Callable[..., Awaitable[None]], arg: Any) -> None:
@@ -181,12 +188,14 @@ async def safe_process_batch(
             for group in groups.values():
                 tg.start_soon(limited, run_group, group)
         else:
-            for item in todo:
-                tg.start_soon(limited, run, item)
+            for item in items:
+                if not item.ok and item.error is None:
+                    tg.start_soon(limited, run, item)
 
-    await _complete(ctx, [item for item in items if item.ok and item.key not in done])
-    failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
-    await _record_failures(ctx, limiter, failed)
+    if ctx is not None:
+        await _complete(ctx, [i for i in items if i.ok and i.key is not None and i.key not in done])
+        failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
+        await _record_failures(ctx, limiter, failed)
     for copy, first in copies:
         copy.ok, copy.error = first.ok, first.error
     return {
@@ -196,20 +205,12 @@ async def safe_process_batch(
     }
 
 
-async def _resolve(ctx: Context, messages: list[SqsMessage]) -> list[SqsMessage | MsgclusterError]:
-    """Fetch the bodies of SQS Extended Client pointers (their keys are in S3),
-    concurrently; a fetch that fails is that message's error."""
-    out: list[SqsMessage | MsgclusterError] = list(messages)
-
-    async def one(index: int) -> None:
-        try:
-            out[index] = await resolve_extended(ctx, messages[index])
-        except MsgclusterError as exc:
-            out[index] = exc
-
-    pointers = [i for i, m in enumerate(messages) if parse_extended_pointer(m.body) is not None]
-    await gather_limited(ctx.limiter, [partial(one, index) for index in pointers])
-    return out
+def _resolved(incoming: Incoming, parsed: ParsedRecord[Any]) -> Incoming:
+    """The classification once its payload was fetched: a foreign-looking pointer
+    may hold a msgcluster envelope, completed and failed by its real key."""
+    if parsed.key == incoming.key:
+        return incoming
+    return Incoming(parsed.message, parsed.kind, key=parsed.key, envelope=parsed.envelope)
 
 
 async def _complete(ctx: Context, items: list[_Item]) -> None:

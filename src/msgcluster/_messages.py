@@ -22,7 +22,6 @@ from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import (
     AwsError,
     ConditionFailedError,
-    EnvelopeError,
     MsgclusterError,
     RecordNotFoundError,
     ValidationError,
@@ -32,7 +31,7 @@ from ._errors import (
 )
 from ._itemcodec import decode_item, from_attr, to_attr
 from ._outgoing import Prepared, needs_offload, prepare
-from ._records import ParsedRecord, SqsMessage, extended_pointer, normalize, parse_envelope
+from ._records import ParsedRecord, SqsMessage, classify, normalize
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
     STATUS_CODES,
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = [
     "get_message_record",
     "get_message_records",
-    "is_complete",
     "mark_complete",
     "mark_failed",
     "send_message",
@@ -94,7 +92,7 @@ async def send_message(
     )
     entry = prepare(ctx, info, 0, outgoing, iso_now())
     if needs_offload(ctx, entry):
-        entry.offload_to(await _payloads.store(ctx, entry.ident, entry.body))
+        entry.offload_to(await _payloads.store_payload(ctx, entry.key, entry.envelope))
     with aws_errors(resource=ctx.table):
         await ctx.ddb.put_item(
             TableName=ctx.table,
@@ -234,7 +232,7 @@ async def _offload_large(
 
     async def offload(entry: Prepared) -> Prepared | None:
         try:
-            entry.offload_to(await _payloads.store(ctx, entry.ident, entry.body))
+            entry.offload_to(await _payloads.store_payload(ctx, entry.key, entry.envelope))
         except MsgclusterError as exc:
             failures.append(_failure(entry.index, None, exc))
             return None
@@ -361,26 +359,18 @@ async def _discard(ctx: Context, entries: Sequence[Prepared]) -> None:
 # --------------------------------------------------------------------------- records
 
 
-def record_key(record: object) -> tuple[RecordKey, SqsMessage | None]:
-    """The record key of an SQS record / ParsedRecord / RecordKey."""
+def record_key(record: object) -> tuple[RecordKey | None, SqsMessage | None]:
+    """The record key of an SQS record / ParsedRecord / RecordKey; None for a plain
+    message (msgcluster did not send it: there is no record). A mis-keyed
+    envelope raises :class:`EnvelopeError`."""
     if isinstance(record, RecordKey):
         return record, None
     if isinstance(record, ParsedRecord):
         return record.key, record.message
-    message = normalize(record)
-    if extended_pointer(message) is not None:
-        raise EnvelopeError(
-            f"message {message.id} is an SQS Extended Client pointer: its keys are in S3; "
-            "pass the result of `await client.load_sqs_record(record)` instead",
-            message_id=message.id,
-        )
-    envelope = parse_envelope(message)
-    try:
-        return RecordKey(envelope.pk, envelope.rk), message
-    except ValidationError as exc:
-        raise EnvelopeError(
-            f"message {message.id} carries an invalid record key: {exc}", message_id=message.id
-        ) from exc
+    incoming = classify(normalize(record))
+    if incoming.error is not None:
+        raise incoming.error
+    return incoming.key, incoming.message
 
 
 async def get_message_record(
@@ -489,28 +479,8 @@ def _status(value: Status | str) -> Status:
 # --------------------------------------------------------------------------- consume
 
 
-async def is_complete(ctx: Context, record: object) -> bool:
-    """True if the message's work is done: record COMPLETE, or removed on completion.
-
-    A missing record means completed and cleaned up (records are written
-    before their message is sent) or expired after the retention period.
-    """
-    key, _ = record_key(record)
-    with aws_errors(resource=ctx.table):
-        response = await ctx.ddb.get_item(
-            TableName=ctx.table,
-            Key=key_attrs(key.pk, key.rk),
-            ConsistentRead=True,
-            ProjectionExpression="#s",
-            ExpressionAttributeNames={"#s": "status"},
-        )
-    item = response.get("Item")
-    return item is None or item.get("status", {}).get("S") == Status.COMPLETE.value
-
-
-async def mark_complete(ctx: Context, record: object) -> bool:
+async def mark_complete(ctx: Context, key: RecordKey) -> bool:
     """Complete a simple message: its record is deleted. True if this call did it."""
-    key, _ = record_key(record)
     with aws_errors(resource=ctx.table):
         response = await ctx.ddb.delete_item(
             TableName=ctx.table, Key=key_attrs(key.pk, key.rk), ReturnValues="ALL_OLD"
@@ -530,6 +500,8 @@ async def mark_failed(
     (completed meanwhile): a failure never resurrects a completed record.
     """
     key, message = record_key(record)
+    if key is None:  # a plain message has no record to note the failure on
+        return None
     receive_count = message.receive_count if message is not None else 0
     if final is None:
         max_receives = await _max_receives(ctx, record)
@@ -595,9 +567,10 @@ async def _max_receives(ctx: Context, record: object) -> int | None:
         url = record.url
     elif not isinstance(record, RecordKey):
         try:
-            url = parse_envelope(normalize(record)).url
+            envelope = classify(normalize(record)).envelope
         except MsgclusterError:
-            url = ""
+            envelope = None
+        url = envelope.url if envelope is not None else ""
     if not url:
         return None
     try:
@@ -605,20 +578,3 @@ async def _max_receives(ctx: Context, record: object) -> int | None:
     except MsgclusterError:
         # Failure recording must not fail because the queue cannot be described.
         return None
-
-
-async def is_complete_many(ctx: Context, keys: Sequence[RecordKey]) -> set[RecordKey]:
-    """The subset of ``keys`` whose work is done (one consistent BatchGetItem per 100)."""
-    found = await batch_get(
-        ctx,
-        [(k.pk, k.rk) for k in keys],
-        consistent_read=True,
-        projection="pk, rk, #s",
-        names={"#s": "status"},
-    )
-    done: set[RecordKey] = set()
-    for key in keys:
-        item = found.get((key.pk, key.rk))
-        if item is None or item.get("status", {}).get("S") == Status.COMPLETE.value:
-            done.add(key)
-    return done

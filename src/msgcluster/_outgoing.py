@@ -15,6 +15,7 @@ import msgspec
 
 from ._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
 from ._itemcodec import encode_item
+from ._payloads import EXTENDED_SIZE_ATTRIBUTE, pointer_body
 from ._schemas import (
     MessageEnvelope,
     MessageRecord,
@@ -85,28 +86,35 @@ class Prepared:
         self.group_id = group_id
         self.dedup_id = dedup_id
         self.pointer: S3Pointer | None = None
-        self.envelope = self.encode_envelope(None)
+        self.envelope = self.encode_envelope()
 
     @property
     def size(self) -> int:
         """Bytes SQS counts against its limits: body plus message attributes."""
         return len(self.envelope) + self.attributes_size
 
-    def encode_envelope(self, pointer: S3Pointer | None) -> bytes:
-        """The wire body: the body inline, or a pointer to where it was offloaded."""
-        if pointer is not None:
-            envelope = MessageEnvelope(
-                pk=self.key.pk, rk=self.key.rk, url=self.url, body_s3=pointer
-            )
-        else:
-            envelope = MessageEnvelope(
-                pk=self.key.pk, rk=self.key.rk, url=self.url, body=msgspec.Raw(self.body)
-            )
+    def encode_envelope(self) -> bytes:
+        """The wire body with the body inline (what goes to S3 when offloaded)."""
+        envelope = MessageEnvelope(
+            pk=self.key.pk, rk=self.key.rk, url=self.url, body=msgspec.Raw(self.body)
+        )
         return _encoder.encode(envelope)
 
     def offload_to(self, pointer: S3Pointer) -> None:
+        """Send the Extended Client's pointer to ``pointer`` instead of the envelope
+        (the object holds the envelope), with its ``ExtendedPayloadSize`` attribute."""
+        if len(self.attributes) >= MAX_ATTRIBUTES:
+            raise MessageTooLargeError(
+                f"a body offloaded to S3 carries the {EXTENDED_SIZE_ATTRIBUTE} attribute: "
+                f"such a message takes at most {MAX_ATTRIBUTES - 1} attributes of its own"
+            )
+        size = str(pointer.size)
         self.pointer = pointer
-        self.envelope = self.encode_envelope(pointer)
+        self.envelope = pointer_body(pointer)
+        self.attributes = self.attributes | {
+            EXTENDED_SIZE_ATTRIBUTE: {"DataType": "Number", "StringValue": size}
+        }
+        self.attributes_size += len(EXTENDED_SIZE_ATTRIBUTE) + len("Number") + len(size)
 
     def sqs_fields(self) -> dict[str, Any]:
         """Keyword arguments shared by SendMessage and a SendMessageBatch entry."""

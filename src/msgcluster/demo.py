@@ -183,6 +183,7 @@ async def consumer(mc: Client, url: str, name: str, run: Run) -> None:
                     VisibilityTimeout=RETRY_AFTER_SECONDS,
                 )
                 failed.add(record.id)
+                assert record.key is not None  # a cluster task: msgcluster's own
                 run.retried.append(record.key)
             else:
                 completed.append(record)

@@ -15,11 +15,13 @@ Lambda freezes the process between invocations; nothing is torn down).
 The handler returns ``{"batchItemFailures": [...]}``: enable
 ``ReportBatchItemFailures`` on the event source mapping.
 
-Tracked messages and cluster tasks go through ``Client.safe_process_batch``
-(duplicates skipped, one ``mark_complete_batch``, failures recorded, cluster
-callback run for completion events); plain bodies are decoded into the app's
-types and dispatched directly. A ``Reject`` or an undecodable body is
-reported as a failure: under Lambda only the queue's redrive policy moves a
+Every record goes through the same pipeline as ``Client.safe_process_batch``:
+tracked messages and cluster tasks have duplicates skipped, one
+``mark_complete_batch``, failures recorded, the cluster callback run for
+completion events; plain bodies (anything msgcluster did not send, Extended
+Client payloads included) are decoded as the handlers declare (a ``str``
+handler takes text as it is) and dispatched. A ``Reject`` or an undecodable
+body fails alone: under Lambda only the queue's redrive policy moves a
 message to the DLQ.
 """
 
@@ -29,18 +31,16 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from .._errors import ConfigurationError, EnvelopeError, MalformedEventError
-from .._lambda import _records_of
-from .._records import SqsMessage, parse_envelope
+from .._errors import ConfigurationError
+from .._lambda import safe_process_batch
+from .._records import Kind
 from ..queues._contract import ReceivedMessage
 from ..worker._context import MessageContext
 from ..worker._flow import Ack
 
 if TYPE_CHECKING:
     from .._client import Client
-    from .._records import ParsedRecord
+    from .._records import ParsedRecord, SqsMessage
     from ..worker import App
 
 __all__ = ["SqsLambdaHandler", "lambda_handler"]
@@ -92,60 +92,28 @@ class SqsLambdaHandler:
         return self.client
 
     async def _handle(self, event: dict[str, Any]) -> dict[str, Any]:
-        # The same checks as safe_process_batch: a clear error for a non-SQS event.
-        messages = _records_of(event)
-        tracked: list[SqsMessage] = []
-        failures: list[dict[str, str]] = []
-        for message in messages:
-            if _is_envelope(message):
-                tracked.append(message)
-            elif not await self._plain(message):
-                failures.append({"itemIdentifier": message.id})
-        if tracked:
-            client = await self._open()
-            if client is None:
-                raise MalformedEventError(
-                    "the event holds tracked messages (sent with Client.send_message or "
-                    "cluster tasks): give the App a client, App(client=msgcluster.Client(...))"
-                )
-            result = await client.safe_process_batch(
-                {"Records": tracked},
-                self._process_tracked,
-                concurrency=self.concurrency,
-                body_type=self.app.body_type,
-            )
-            failures.extend(result["batchItemFailures"])
-        return {"batchItemFailures": failures}
+        # One pipeline for every record: tracked, cluster tasks, completion
+        # events, offloaded payloads and plain bodies msgcluster did not send.
+        client = await self._open()
+        return await safe_process_batch(
+            client.ctx if client is not None else None,
+            event,
+            self._process,
+            concurrency=self.concurrency,
+            body_type=self.app.body_type,
+        )
 
-    async def _process_tracked(self, parsed: ParsedRecord[Any]) -> None:
-        message = parsed.message
-        context = MessageContext(_received(message), None, parsed)
-        await self.app.dispatch(parsed.body, context)
-
-    async def _plain(self, message: SqsMessage) -> bool:
-        """Run a plain body's handler; True if it succeeded."""
+    async def _process(self, parsed: ParsedRecord[Any]) -> None:
+        if parsed.kind is Kind.EVENT:
+            # No completion callback on this app (the Client runs registered
+            # ones before this): the event is spent, as in the worker.
+            return
+        record = parsed if parsed.tracked else None
+        context = MessageContext(_received(parsed.message), None, record)
         try:
-            body = self.app.decode(message.body.encode())
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("message %s is poison: %s", message.id, exc)
-            return False
-        try:
-            await self.app.dispatch(body, MessageContext(_received(message), None))
+            await self.app.dispatch(parsed.body, context)
         except Ack:
-            return True
-        except Exception as exc:
-            log.warning("message %s failed: %r", message.id, exc)
-            return False
-        return True
-
-
-def _is_envelope(message: SqsMessage) -> bool:
-    try:
-        parse_envelope(message)
-    except EnvelopeError:
-        # An SQS Extended Client pointer is tracked too (its envelope is in S3).
-        return '"s3BucketName"' in message.body and '"s3Key"' in message.body
-    return True
+            return
 
 
 def _received(message: SqsMessage) -> ReceivedMessage:

@@ -2,9 +2,10 @@
 
 An app is a registry; :class:`~msgcluster.worker.Worker` runs it against a
 queue. One body type per handler: a Struct (tagged Structs dispatch by tag),
-or any type msgspec decodes. Several handlers need types msgspec can tell
-apart in one union (tagged Structs, or one Struct plus non-object types);
-that is checked when a handler is registered, not when a message arrives.
+any type msgspec decodes, ``str`` (a plain body's text as sent) or ``bytes``.
+Several handlers need types msgspec can tell apart in one union (tagged
+Structs, or one Struct plus non-object types); that is checked when a
+handler is registered, not when a message arrives.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 import msgspec
 
 from .._errors import ConfigurationError
+from .._records import body_decoder
 
 if TYPE_CHECKING:
     from .._callbacks import ClusterCallback
@@ -50,7 +52,6 @@ class App:
         self.client = client
         self.name = name
         self._handlers: list[_Registered] = []
-        self._decoder: msgspec.json.Decoder[Any] | None = None
         self._by_type: dict[type, _Registered] = {}
         self.cluster_callback: ClusterCallback | None = None
 
@@ -97,7 +98,7 @@ class App:
         types = tuple(r.type for r in handlers)
         target: Any = types[0] if len(types) == 1 else Union[types]  # noqa: UP007
         try:
-            decoder = msgspec.json.Decoder(target)
+            body_decoder(target)
         except TypeError as exc:
             raise ConfigurationError(
                 f"handlers for {', '.join(map(repr, types))} cannot share one queue: msgspec "
@@ -105,7 +106,6 @@ class App:
                 "(msgspec.Struct, tag=True)"
             ) from exc
         self._handlers = handlers
-        self._decoder = decoder
         self._by_type = {r.type: r for r in handlers if isinstance(r.type, type)}
 
     # --------------------------------------------------------------- dispatch
@@ -118,11 +118,13 @@ class App:
             return Any
         return types[0] if len(types) == 1 else Union[types]  # noqa: UP007
 
-    def decode(self, raw: bytes | msgspec.Raw) -> Any:
-        """Decode a plain (untracked) body; raises msgspec errors."""
-        if self._decoder is None:
+    def decode(self, data: bytes | str) -> Any:
+        """Decode a plain body (one msgcluster did not send) as the handlers declare:
+        JSON into their types, text for a ``str`` handler, bytes for ``bytes``.
+        Raises :class:`~msgcluster.BodyDecodeError`."""
+        if not self._handlers:
             raise ConfigurationError("the app has no handlers: register one with @app.handler")
-        return self._decoder.decode(raw)
+        return body_decoder(self.body_type).plain(data, "")
 
     def handler_for(self, body: Any) -> _Registered:
         if len(self._handlers) == 1:

@@ -33,11 +33,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 
 from .._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
-from .._errors import EnvelopeError, MsgclusterError, QueueClosedError, RecordError
-from .._records import SqsMessage, parse_envelope
+from .._errors import MsgclusterError, ObjectNotFoundError, QueueClosedError, RecordError
+from .._records import Kind, ParsedRecord, classify, from_received, load_incoming
 from .._schemas import RecordKey, RecordType
 from ..queues import Queue, ReceivedMessage, open_queue
 from ._context import MessageContext
@@ -46,7 +45,7 @@ from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
 from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
-    from .._records import ParsedRecord
+    from .._context import Context
     from ._app import App
 
 __all__ = ["Worker"]
@@ -284,46 +283,46 @@ class Worker:
             self._add_in_flight(-len(items))
 
     async def _prepare(self, items: list[_Item]) -> None:
-        """Decode; check tracked messages (one request); find poison."""
+        """Read every message through the pipeline; check tracked ones (one
+        request); find poison. One bad message never holds up the others."""
         client = self.app.client
+        ctx = client.ctx if client is not None and client.is_open else None
         tracked: list[_Item] = []
         for item in items:
-            message = item.message
-            text = _text(message.body)
-            envelope = None
-            if text is not None:
-                try:
-                    envelope = parse_envelope(SqsMessage(id=message.id, body=text))
-                except EnvelopeError:
-                    envelope = None
-            if envelope is None:
-                try:
-                    item.body = self.app.decode(message.body)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    self._poison(item, f"body does not decode as {self.app.body_type!r}: {exc}")
-                continue
-            if client is None:
-                item.error = MsgclusterError(
-                    "a tracked message (sent with Client.send_message or a cluster task) "
-                    "needs App(client=...) to be completed; it is retried"
-                )
-                item.outcome = Outcome.RETRIED
-                continue
-            try:
-                item.record = await client.load_sqs_record(
-                    _sqs_dict(message), body_type=self.app.body_type
-                )
-            except RecordError as exc:
-                self._poison(item, str(exc))
-                continue
-            item.ctx.record = item.record
-            item.body = item.record.body if item.record.type is not RecordType.CLUSTER else None
-            tracked.append(item)
+            await self._read(ctx, item)
+            if item.outcome is None and item.record is not None:
+                tracked.append(item)
         if tracked and client is not None:
             done = await client.is_complete_batch([i.record for i in tracked])
             for item, complete in zip(tracked, done, strict=True):
                 if complete:
                     item.outcome = Outcome.SKIPPED
+
+    async def _read(self, ctx: Context | None, item: _Item) -> None:
+        incoming = classify(from_received(item.message))
+        if incoming.error is not None:
+            self._poison(item, str(incoming.error))
+            return
+        if ctx is None and (incoming.tracked or incoming.pointer is not None):
+            item.error = MsgclusterError(
+                "a tracked or offloaded message (sent with Client.send_message, a cluster "
+                "task, or an S3 payload) needs App(client=...) to be read; it is retried"
+            )
+            item.outcome = Outcome.RETRIED
+            return
+        try:
+            record = await load_incoming(ctx, incoming, self.app.body_type)
+        except (RecordError, ObjectNotFoundError) as exc:
+            if incoming.tracked:  # recorded as failed when dead-lettered
+                item.record = ParsedRecord(ctx, incoming)
+            self._poison(item, str(exc))
+            return
+        except MsgclusterError as exc:  # S3 unavailable: try again later
+            item.error, item.outcome = exc, Outcome.RETRIED
+            return
+        if record.tracked:
+            item.record = item.ctx.record = record
+        item.body = record.body if record.kind is not Kind.EVENT else None
 
     def _poison(self, item: _Item, reason: str) -> None:
         log.error("message %s is poison: %s", item.message.id, reason)
@@ -573,29 +572,6 @@ class Worker:
                     self.stop()
         except (NotImplementedError, ValueError):  # not the main thread / platform
             return
-
-
-def _text(body: bytes) -> str | None:
-    try:
-        return body.decode()
-    except UnicodeDecodeError:
-        return None
-
-
-def _sqs_dict(message: ReceivedMessage) -> dict[str, Any]:
-    """A ReceiveMessage-shaped dict, for the record readers."""
-    attributes = {"ApproximateReceiveCount": str(message.receive_count)}
-    if message.group_id is not None:
-        attributes["MessageGroupId"] = message.group_id
-    return {
-        "MessageId": message.id,
-        "Body": message.body.decode(),
-        "ReceiptHandle": message.receipt,
-        "Attributes": attributes,
-        "MessageAttributes": {
-            k: {"DataType": "String", "StringValue": v} for k, v in message.attributes.items()
-        },
-    }
 
 
 def _max_receives(queue: Queue) -> int | None:
