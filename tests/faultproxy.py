@@ -77,6 +77,7 @@ __all__ = [
     "reset",
     "respond",
     "rewrite_json",
+    "strict_sqs",
     "throttle",
     "unprocessed_dynamodb_items",
     "unprocessed_dynamodb_keys",
@@ -538,6 +539,43 @@ def error(status: int, code: str, message: str = "", *, sender_fault: bool | Non
 
     def action(request: ProxyRequest, forward: Forward) -> ProxyResponse:
         return error_response(request, status, code, message, sender_fault=sender_fault)
+
+    return action
+
+
+def strict_sqs() -> Action:
+    """Refuse what real SQS refuses and moto accepts: an empty ``MessageBody``
+    (400 ``MissingParameter``) and an empty attribute value (400
+    ``InvalidParameterValue``), in SendMessage and every SendMessageBatch
+    entry. Everything else is forwarded."""
+
+    def refusal(body: Any) -> tuple[str, str] | None:
+        entries = body.get("Entries") if isinstance(body.get("Entries"), list) else [body]
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            if entry.get("MessageBody", None) == "":
+                return "MissingParameter", "The request must contain the parameter MessageBody."
+            for name, value in (entry.get("MessageAttributes") or {}).items():
+                if not isinstance(value, dict):
+                    continue
+                if value.get("StringValue", None) == "" or value.get("BinaryValue", None) == "":
+                    return (
+                        "InvalidParameterValue",
+                        f"Message attribute '{name}' must contain a non-empty value",
+                    )
+        return None
+
+    def action(request: ProxyRequest, forward: Forward) -> ProxyResponse:
+        if request.operation in ("SendMessage", "SendMessageBatch"):
+            try:
+                body = request.json()
+            except ValueError:
+                body = None
+            found = refusal(body) if isinstance(body, dict) else None
+            if found is not None:
+                return error_response(request, 400, found[0], found[1], sender_fault=True)
+        return forward(request)
 
     return action
 

@@ -127,7 +127,7 @@ REJECTED: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         "reserved attribute name",
         {"body": 1, "attributes": {"AWS.trace": "x"}},
         msgcluster.ValidationError,
-        "invalid message attribute name 'AWS.trace'",
+        "attribute name 'AWS.trace' is reserved",
     ),
     (
         "attribute of unsupported type",

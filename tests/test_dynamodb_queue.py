@@ -333,7 +333,7 @@ async def test_compression_of_large_bodies(table: str, ddb: Any) -> None:
         stored = {}
         for result in sent:
             assert result.id is not None
-            key = q._store.key(result.id)
+            key = q.driver._store.key(result.id)
             stored[result.id] = (await ddb.get_item(TableName=table, Key=key))["Item"]
         big_item, noise_item, small_item = (stored[r.id] for r in sent if r.id)
         assert big_item["z"]["S"] in ("zlib", "zstd")
@@ -364,7 +364,7 @@ async def test_several_named_queues_in_one_table(table: str, ddb: Any) -> None:
     with pytest.raises(msgcluster.QueueURIError, match="shards"):
         await open_dq(table, ddb, queue="beta", shards=3)
     async with open_dq(table, ddb, queue="beta") as again:  # adopts the stored settings
-        assert again._store.config.shards == 2
+        assert again.driver._store.config.shards == 2
 
 
 async def test_redrive_one_and_all(table: str, ddb: Any) -> None:
@@ -477,7 +477,7 @@ async def test_provision_is_idempotent(ddb: Any, names: dict[str, str]) -> None:
     # The URI can provision too.
     other = f"{table}-uri"
     async with open_queue(f"dynamodb://{other}?provision=true", client=ddb) as q:
-        assert isinstance(q, DynamoQueue)
+        assert isinstance(q.driver, DynamoQueue)
         assert q.name == "default"
         assert (await q.send([b"x"]))[0].ok
 

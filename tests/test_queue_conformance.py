@@ -503,8 +503,10 @@ async def test_batched_visibility_changes(h: Harness) -> None:
     (again,) = await receive_n(h.queue, 1, visibility_timeout=30)
     assert again.body == b"soon"
     await receive_nothing(h)
-    with pytest.raises(msgcluster.BatchLimitError):
-        await batch([(again, 1)] * (h.queue.capabilities.max_ack_batch + 1))
+    with pytest.raises(msgcluster.BatchLimitError):  # the driver never splits
+        await h.queue.driver.change_visibility(
+            [(again, 1)] * (h.queue.capabilities.max_ack_batch + 1)
+        )
     assert all(r.ok for r in await h.queue.ack([again, received[b"later"]]))
 
 
@@ -527,36 +529,109 @@ async def test_argument_limits(h: Harness) -> None:
 
 
 # --------------------------------------------------------------------------
-# batch limits: a backend never splits, it refuses the whole call
+# batch limits: a driver never splits, it refuses the whole call
 
 
-async def test_batch_limits(h: Harness) -> None:
-    caps = h.queue.capabilities
+async def test_driver_batch_limits(h: Harness) -> None:
+    driver = h.queue.driver
+    caps = driver.capabilities
     assert min(caps.max_send_batch, caps.max_receive_batch, caps.max_ack_batch) >= 1
     with pytest.raises(msgcluster.BatchLimitError):
-        await h.queue.send([b"x"] * (caps.max_send_batch + 1))
+        await driver.send([b"x"] * (caps.max_send_batch + 1))
     await receive_nothing(h)  # nothing of the refused call was sent
 
     for max_messages in (0, caps.max_receive_batch + 1):
+        with pytest.raises(msgcluster.BatchLimitError):
+            await driver.receive(max_messages=max_messages)
         with pytest.raises(msgcluster.BatchLimitError):
             await h.queue.receive(max_messages=max_messages)
 
     await send_ok(h.queue, [f"m{i}" for i in range(caps.max_send_batch)])
     received = await receive_n(h.queue, caps.max_send_batch, visibility_timeout=30)
     with pytest.raises(msgcluster.BatchLimitError):
-        await h.queue.ack([received[0]] * (caps.max_ack_batch + 1))
-    results = await h.queue.ack(received[: caps.max_ack_batch])
+        await driver.ack([received[0]] * (caps.max_ack_batch + 1))
+    results = await driver.ack(received[: caps.max_ack_batch])
     assert all(r.ok for r in results)
 
 
-async def test_send_bytes_limit(h: Harness) -> None:
+async def test_driver_send_bytes_limit(h: Harness) -> None:
     caps = h.queue.capabilities
     half = caps.max_send_batch_bytes // 2 + 1
     if half > caps.max_body_bytes or caps.max_send_batch < 2:
         pytest.skip("two messages over half the batch bytes do not fit one message each")
     with pytest.raises(msgcluster.BatchLimitError):
-        await h.queue.send(["a" * half, "b" * half])
+        await h.queue.driver.send(["a" * half, "b" * half])
     await receive_nothing(h)
+
+
+# --------------------------------------------------------------------------
+# the portable layer: any number of messages per call
+
+
+async def test_a_thousand_messages_in_one_send(h: Harness) -> None:
+    bodies = [f"m{i}".encode() for i in range(1_000)]
+    results = await h.queue.send(body for body in bodies)  # any iterable, a generator too
+    assert [r.index for r in results] == list(range(1_000))
+    assert all(r.ok for r in results)
+    received = await receive_n(h.queue, 1_000, within=60, visibility_timeout=60)
+    assert sorted(m.body for m in received) == sorted(bodies)
+    # Acks and visibility changes take any number as well; a receipt given twice
+    # is acted on once and both entries get its result.
+    changed = await h.queue.change_visibility([(m, 60) for m in received])
+    assert all(r.ok for r in changed)
+    acked = await h.queue.ack([*received, received[0]])
+    assert len(acked) == 1_001
+    assert all(r.ok for r in acked)
+    assert acked[-1].id == received[0].id
+    await receive_nothing(h)
+
+
+async def test_mixed_sizes_up_to_the_byte_limit(h: Harness) -> None:
+    caps = h.queue.capabilities
+    largest = caps.max_body_bytes
+    sizes = [largest, 1, largest // 2, largest - 1, 3, largest // 3, largest]
+    bodies = [bytes([97 + i]) * size for i, size in enumerate(sizes)]
+    results = await h.queue.send([*bodies, b"x" * (largest + 1)])
+    assert [r.ok for r in results] == [True] * len(bodies) + [False]
+    assert isinstance(results[-1].error, msgcluster.MessageTooLargeError)
+    received = await receive_n(h.queue, len(bodies), within=30)
+    assert sorted(m.body for m in received) == sorted(bodies)
+    assert all(r.ok for r in await h.queue.ack(received))
+
+
+async def test_async_iterables_in_and_async_for_out(h: Harness) -> None:
+    async def produce() -> AsyncIterator[bytes]:
+        for i in range(15):
+            yield f"a{i}".encode()
+
+    assert all(r.ok for r in await h.queue.send(produce()))
+    seen: list[bytes] = []
+    with anyio.fail_after(20):
+        async for message in h.queue.messages(wait_seconds=1):
+            seen.append(message.body)
+            await h.queue.ack([message])
+            if len(set(seen)) == 15:
+                break
+    assert sorted(set(seen)) == sorted(f"a{i}".encode() for i in range(15))
+
+
+async def test_dead_letter_now(queue_factory: MakeQueue) -> None:
+    h = await queue_factory(max_receives=5)
+    assert h.dlq is not None
+    await send_ok(h.queue, [OutgoingMessage(body=b"bad", attributes={"k": "v"})])
+    (message,) = await receive_n(h.queue, 1, visibility_timeout=30)
+    assert await h.queue.dead_letter(message, "poison: cannot decode") is True
+    (dead,) = await receive_n(h.dlq, 1)
+    assert dead.body == b"bad"
+    assert dead.attributes.get("k") == "v"
+    await receive_nothing(h)
+
+
+async def test_dead_letter_without_a_dlq_keeps_the_message(h: Harness) -> None:
+    await send_ok(h.queue, [b"kept"])
+    (message,) = await receive_n(h.queue, 1, visibility_timeout=30)
+    assert await h.queue.dead_letter(message, "no dlq") is False
+    assert all(r.ok for r in await h.queue.ack([message]))  # it was left where it was
 
 
 # --------------------------------------------------------------------------

@@ -62,8 +62,9 @@ def unique(prefix: str = "q") -> str:
 
 
 def mem(queue: Queue) -> MemoryQueue:
-    assert isinstance(queue, MemoryQueue)
-    return queue
+    driver = queue.driver  # type: ignore[attr-defined]
+    assert isinstance(driver, MemoryQueue)
+    return driver
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +283,7 @@ async def test_register_backend() -> None:
     register_backend("Wrapped", wrapped_factory)
     assert "wrapped" in registered_schemes()
     async with open_queue(f"wrapped://{unique()}", visibility_timeout=5) as queue:
-        assert isinstance(queue, Wrapped)
+        assert isinstance(queue.driver, Wrapped)
         await queue.send([b"x"])
         assert [m.body for m in await queue.receive()] == [b"x"]
 
@@ -342,7 +343,7 @@ async def test_entry_point_backend(fake_entry_points: list[importlib.metadata.En
     fake_entry_points.append(importlib.metadata.EntryPoint("other", "x:y", "some.other.group"))
     assert registered_schemes() == ("dynamodb", "memory", "plug", "sqs")
     async with open_queue(f"plug://{unique()}") as queue:
-        assert isinstance(queue, MemoryQueue)
+        assert isinstance(queue.driver, MemoryQueue)
 
 
 async def test_entry_point_cannot_shadow_a_builtin(
@@ -350,7 +351,7 @@ async def test_entry_point_cannot_shadow_a_builtin(
 ) -> None:
     fake_entry_points.append(importlib.metadata.EntryPoint("memory", "x:y", ENTRY_POINT_GROUP))
     async with open_queue(f"memory://{unique()}") as queue:
-        assert isinstance(queue, MemoryQueue)
+        assert isinstance(queue.driver, MemoryQueue)
 
 
 def test_broken_entry_point(fake_entry_points: list[importlib.metadata.EntryPoint]) -> None:

@@ -8,6 +8,7 @@ and the envelope bytes, so the send path does no further encoding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,6 +28,7 @@ from ._schemas import (
     StatusCode,
     new_message_key,
 )
+from .queues._checks import check_attribute, check_attribute_name
 
 if TYPE_CHECKING:
     from ._context import Context, QueueInfo
@@ -134,7 +136,8 @@ def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, A
     """Plain values -> SQS MessageAttributes, and the bytes SQS counts for them.
 
     ``str`` -> String, ``int``/``float`` -> Number, ``bytes`` -> Binary; a
-    mapping with ``DataType`` is passed through as already in SQS form.
+    mapping with ``DataType`` is passed through as already in SQS form. Names
+    and values are checked by the same rules as every queue backend's (SQS's).
     """
     if not attributes:
         return {}, 0
@@ -145,12 +148,11 @@ def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, A
     out: dict[str, Any] = {}
     size = 0
     for name, value in attributes.items():
-        if not isinstance(name, str) or not name or name.lower().startswith(("aws.", "amazon.")):
-            raise ValidationError(
-                f"invalid message attribute name {name!r} (non-empty, not 'AWS.'/'Amazon.')"
-            )
+        # "msgcluster." is the queue backends' own; the Client path sends none.
+        check_attribute_name(name, reserved=("aws.", "amazon."))
         attr = _attribute(name, value)
         payload = attr.get("StringValue", attr.get("BinaryValue", b""))
+        check_attribute(name, attr["DataType"], payload)
         size += (
             len(name.encode())
             + len(attr["DataType"])
@@ -173,6 +175,8 @@ def _attribute(name: str, value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"DataType": "String", "StringValue": value}
     if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError(f"message attribute {name!r}: {value} is not a number SQS takes")
         return {"DataType": "Number", "StringValue": repr(value)}
     if isinstance(value, bytes | bytearray):
         return {"DataType": "Binary", "BinaryValue": bytes(value)}

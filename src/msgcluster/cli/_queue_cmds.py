@@ -101,17 +101,24 @@ async def opened(inv: Invocation, *, by_id: str | None = None) -> AsyncIterator[
         yield queue
 
 
+def driver_of(queue: Queue) -> Any:
+    """The backend's own handle under the portable queue (admin operations)."""
+    return getattr(queue, "driver", queue)
+
+
 def admin(queue: Queue, command: str) -> QueueAdmin:
     """The queue as a QueueAdmin, or Unsupported naming what to use instead."""
-    if isinstance(queue, QueueAdmin):
-        return queue
+    driver = driver_of(queue)
+    if isinstance(driver, QueueAdmin):
+        return driver
     raise unsupported(queue.uri, command)
 
 
 def sqs_only(queue: Queue, command: str) -> SqsQueue:
     """An sqs:// queue (for what SQS's own API can do), or Unsupported."""
-    if isinstance(queue, SqsQueue):
-        return queue
+    driver = driver_of(queue)
+    if isinstance(driver, SqsQueue):
+        return driver
     raise unsupported(queue.uri, command)
 
 
@@ -182,8 +189,8 @@ def _show_stats(inv: Invocation, uri: str, stats: QueueStats, title: str) -> Non
 
 async def qstat(inv: Invocation) -> int:
     async with opened(inv) as queue:
-        if isinstance(queue, QueueAdmin):
-            stats = await queue.stats()
+        if isinstance(driver_of(queue), QueueAdmin):
+            stats = await admin(queue, "qstat").stats()
         else:
             stats = await _sqs_stats(sqs_only(queue, "qstat"))
         _show_stats(inv, queue.uri, stats, f"queue {stats.name}")
@@ -194,8 +201,8 @@ async def dlq(inv: Invocation) -> int:
     async with opened(inv) as queue:
         if inv.args.reconcile:
             return await _reconcile(inv, sqs_only(queue, "dlq --reconcile"))
-        if isinstance(queue, QueueAdmin):
-            stats = await queue.dead_letter_stats()
+        if isinstance(driver_of(queue), QueueAdmin):
+            stats = await admin(queue, "dlq").dead_letter_stats()
         else:
             stats = await _sqs_dlq_stats(sqs_only(queue, "dlq"))
         _show_stats(inv, queue.uri, stats, f"dead-letter queue {stats.name}")
@@ -386,8 +393,8 @@ async def purge(inv: Invocation) -> int:
     dead_letters: bool = inv.args.dlq
     approximate = False
     async with opened(inv) as queue:
-        if isinstance(queue, QueueAdmin):
-            count = await queue.purge(dead_letters=dead_letters)
+        if isinstance(driver_of(queue), QueueAdmin):
+            count = await admin(queue, "purge").purge(dead_letters=dead_letters)
         else:
             sqs = sqs_only(queue, "purge")
             count = await _sqs_purge(sqs, dead_letters)
@@ -421,8 +428,8 @@ async def redrive(inv: Invocation) -> int:
     if (message_id is None) == (not inv.args.all):
         raise UsageError("redrive takes a message id or --all (not both)")
     async with opened(inv, by_id=None if message_id is None else "redrive <id>") as queue:
-        if isinstance(queue, QueueAdmin):
-            count = await queue.redrive(message_id)
+        if isinstance(driver_of(queue), QueueAdmin):
+            count = await admin(queue, "redrive").redrive(message_id)
         elif message_id is not None:
             raise unsupported(queue.uri, "redrive <id>")
         else:

@@ -3,9 +3,15 @@
 ::
 
     async with open_queue("memory://jobs?visibility_timeout=5") as queue:
-        await queue.send([b"hello"])
-        (message,) = await queue.receive(wait_seconds=1)
-        await queue.ack([message])
+        await queue.send(f"job {i}".encode() for i in range(1_000))  # any number
+        async for message in queue:  # long polls until the queue is closed
+            ...
+            await queue.ack([message])
+
+``open_queue`` returns the portable layer (:class:`Queue`): any number of
+messages per call, split by the backend's limits, sent concurrently, retryable
+entry failures retried with backoff, the rest reported per message. Backends
+implement the small :class:`Driver` protocol (``queue.driver``).
 
 Built in: ``memory://`` (in-process), ``sqs://`` (and SQS queue URLs), and
 ``dynamodb://<table>?queue=<name>`` (a queue stored in DynamoDB; create its
@@ -17,6 +23,7 @@ its subclasses).
 from ._contract import (
     AckResult,
     Capabilities,
+    Driver,
     OutgoingMessage,
     Queue,
     ReceivedMessage,
@@ -24,6 +31,7 @@ from ._contract import (
 )
 from ._dynamodb_provision import provision_dynamodb_queue_table
 from ._memory import reset_memory_queues
+from ._portable import PortableQueue
 from ._registry import (
     ENTRY_POINT_GROUP,
     OpeningQueue,
@@ -38,8 +46,10 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AckResult",
     "Capabilities",
+    "Driver",
     "OpeningQueue",
     "OutgoingMessage",
+    "PortableQueue",
     "Queue",
     "QueueFactory",
     "QueueURI",

@@ -25,6 +25,8 @@ __all__ = [
     "check_ack_batch",
     "check_batch_bytes",
     "check_receive",
+    "check_attribute",
+    "check_attribute_name",
     "check_send_batch",
     "check_visibility",
     "prepare_message",
@@ -33,6 +35,10 @@ __all__ = [
 # Backends may use attributes under "msgcluster." for their own bookkeeping
 # (the sqs backend flags encoded bodies); "aws." and "amazon." are SQS's.
 RESERVED_ATTRIBUTE_PREFIXES = ("msgcluster.", "aws.", "amazon.")
+# The SQS Extended Client's: a message carrying one is read as an S3 pointer.
+RESERVED_ATTRIBUTE_NAMES = frozenset({"extendedpayloadsize", "sqslargepayloadsize"})
+_DATA_TYPE = re.compile(r"(String|Number|Binary)(\.[A-Za-z0-9_.-]{1,250})?")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_-])?")
 # Characters SQS accepts in text (XML 1.0 minus the rest).
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -151,24 +157,52 @@ def _checked_attributes(attributes: object, capabilities: Capabilities) -> dict[
             f"at most {capabilities.max_attributes} attributes per message, got {len(attributes)}"
         )
     for name, value in attributes.items():
-        if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name) or ".." in name:
-            raise ValidationError(
-                f"attribute name {name!r} is invalid: 1-256 of A-Z a-z 0-9 _ - . "
-                "(not starting or ending with '.', no '..')"
-            )
-        if name.lower().startswith(RESERVED_ATTRIBUTE_PREFIXES):
-            raise ValidationError(
-                f"attribute name {name!r} is reserved (prefixes: "
-                f"{', '.join(RESERVED_ATTRIBUTE_PREFIXES)})"
-            )
-        if not isinstance(value, str) or not value:
+        check_attribute_name(name)
+        if not isinstance(value, str):
             raise ValidationError(f"attribute {name!r} must be a non-empty str")
-        if _NOT_SQS_TEXT.search(value):
-            raise ValidationError(
-                f"attribute {name!r} holds characters queues cannot carry "
-                "(control characters other than tab/newline/CR, or non-characters)"
-            )
+        check_attribute(name, "String", value)
     return attributes
+
+
+def check_attribute_name(
+    name: object, *, reserved: tuple[str, ...] = RESERVED_ATTRIBUTE_PREFIXES
+) -> str:
+    """SQS's rules for a message attribute name (one validator for every path)."""
+    if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name) or ".." in name:
+        raise ValidationError(
+            f"attribute name {name!r} is invalid: 1-256 of A-Z a-z 0-9 _ - . "
+            "(not starting or ending with '.', no '..')"
+        )
+    lowered = name.lower()
+    if lowered.startswith(reserved) or lowered in RESERVED_ATTRIBUTE_NAMES:
+        raise ValidationError(
+            f"attribute name {name!r} is reserved (prefixes: {', '.join(reserved)}; "
+            "names: ExtendedPayloadSize, SQSLargePayloadSize)"
+        )
+    return name
+
+
+def check_attribute(name: str, data_type: object, value: object) -> None:
+    """SQS's rules for one attribute value: a known data type, a non-empty value
+    (SQS refuses empty ones), text SQS can carry, a number that parses."""
+    if not isinstance(data_type, str) or not _DATA_TYPE.fullmatch(data_type):
+        raise ValidationError(
+            f"attribute {name!r}: DataType must be String, Number or Binary (optionally "
+            f"with a custom '.suffix'), got {data_type!r}"
+        )
+    if data_type.startswith("Binary"):
+        if not isinstance(value, bytes | bytearray) or not value:
+            raise ValidationError(f"attribute {name!r} must be non-empty bytes")
+        return
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"attribute {name!r} must be a non-empty str")
+    if _NOT_SQS_TEXT.search(value):
+        raise ValidationError(
+            f"attribute {name!r} holds characters queues cannot carry "
+            "(control characters other than tab/newline/CR, or non-characters)"
+        )
+    if data_type.startswith("Number") and not _NUMBER.fullmatch(value):
+        raise ValidationError(f"attribute {name!r} is a Number but {value[:40]!r} is not one")
 
 
 def _check_fifo_fields(

@@ -1,9 +1,10 @@
 """The backend contract: one small Protocol every queue backend implements.
 
-Backends are thin (gocloud's split): they validate, do one request, and report
-per-message outcomes. They never retry and never split a batch larger than
-their declared :class:`Capabilities`; the worker layer above batches, retries
-and backs off.
+Backends (:class:`Driver`) are thin (gocloud's split): they validate, do one
+request, and report per-message outcomes. They never retry and never split a
+batch larger than their declared :class:`Capabilities`; the portable layer
+above (:class:`Queue`, what ``open_queue`` returns) splits, retries and backs
+off.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 import msgspec
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
     from types import TracebackType
 
     from .._errors import MsgclusterError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AckResult",
     "Capabilities",
+    "Driver",
     "OutgoingMessage",
     "Queue",
     "ReceivedMessage",
@@ -126,12 +128,21 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @runtime_checkable
-class Queue(Protocol):
-    """A queue opened by :func:`msgcluster.queues.open_queue`.
+class Driver(Protocol):
+    """What a queue backend implements: one request per call, within its
+    declared :class:`Capabilities`, never a retry (the portable layer above
+    splits, retries and backs off).
 
     Every method raises :class:`~msgcluster.QueueClosedError` after
-    :meth:`aclose`. Limits come from :attr:`capabilities`: a call over them
-    raises :class:`~msgcluster.BatchLimitError` and does nothing.
+    :meth:`aclose`. A call over the limits raises
+    :class:`~msgcluster.BatchLimitError` and does nothing.
+
+    Optional, used when present (every built-in driver has them):
+    ``change_visibility(changes)``, the batch form of nack/extend for up to
+    ``max_ack_batch`` (message, seconds) pairs, one :class:`AckResult` each;
+    ``dead_letter(message, reason) -> bool``, move a delivered message to the
+    dead-letter queue now (copy, then delete; False when there is none); and
+    ``max_receives``, the receives after which the queue dead-letters.
     """
 
     @property
@@ -143,11 +154,10 @@ class Queue(Protocol):
     def capabilities(self) -> Capabilities: ...
 
     async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
-        """Send up to ``max_send_batch`` messages; one result per input, in order.
-
-        An invalid entry (too large, bad attribute, missing FIFO group...) is
-        reported in its result and the others are sent.
-        """
+        """Send up to ``max_send_batch`` messages (``max_send_batch_bytes`` in all);
+        one result per input, in order. An invalid entry (too large, bad
+        attribute, missing FIFO group...) is reported in its result and the
+        others are sent."""
         ...
 
     async def receive(
@@ -164,7 +174,7 @@ class Queue(Protocol):
         ...
 
     async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
-        """Delete delivered messages; one result per input, in order."""
+        """Delete up to ``max_ack_batch`` delivered messages; one result per input."""
         ...
 
     async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
@@ -184,6 +194,72 @@ class Queue(Protocol):
     async def aclose(self) -> None:
         """Release the handle; idempotent. Waiting receives raise QueueClosedError."""
         ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """A queue opened by :func:`msgcluster.queues.open_queue` (the portable layer).
+
+    ``send``, ``ack`` and ``change_visibility`` take any number of entries:
+    they are split by the driver's limits, sent concurrently, retried where
+    the failure is retryable, and reported per entry. Every method raises
+    :class:`~msgcluster.QueueClosedError` after :meth:`aclose`.
+    """
+
+    @property
+    def uri(self) -> str:
+        """The URI the queue was opened with (never contains credentials)."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def max_receives(self) -> int | None: ...
+
+    async def send(
+        self,
+        messages: Iterable[bytes | str | OutgoingMessage]
+        | AsyncIterable[bytes | str | OutgoingMessage],
+    ) -> list[SendResult]:
+        """Send any number of messages; one result per input, in order."""
+        ...
+
+    async def receive(
+        self,
+        max_messages: int = 10,
+        wait_seconds: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[ReceivedMessage]:
+        """Up to ``max_messages`` (at most the driver's receive batch) messages."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[ReceivedMessage]: ...
+
+    async def ack(self, messages: Iterable[ReceivedMessage]) -> list[AckResult]:
+        """Delete delivered messages, any number; one result per input, in order."""
+        ...
+
+    async def change_visibility(
+        self, changes: Iterable[tuple[ReceivedMessage, float]]
+    ) -> list[AckResult]: ...
+
+    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None: ...
+
+    async def extend(self, message: ReceivedMessage, seconds: float) -> None: ...
+
+    async def dead_letter(self, message: ReceivedMessage, reason: str = "") -> bool: ...
+
+    async def aclose(self) -> None: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -21,7 +21,8 @@ from .._errors import (
     ConfigurationError,
     UnknownSchemeError,
 )
-from ._contract import Queue
+from ._contract import Driver, Queue
+from ._portable import PortableQueue
 from ._uri import parse_queue_uri
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class QueueFactory(Protocol):
     Raise :class:`~msgcluster.QueueURIError` for unknown or invalid parameters.
     """
 
-    def __call__(self, uri: QueueURI, /, **options: Any) -> Awaitable[Queue]: ...
+    def __call__(self, uri: QueueURI, /, **options: Any) -> Awaitable[Driver]: ...
 
 
 # "module:attribute" strings: importing a backend (and its dependencies) is
@@ -70,8 +71,9 @@ def register_backend(scheme: str, factory: QueueFactory | str, *, replace: bool 
     """Make ``open_queue("<scheme>://...")`` use ``factory``.
 
     ``factory`` is an async callable ``(uri: QueueURI, /, **options) ->
-    Queue`` or a ``"module:attribute"`` string imported on first use. A scheme
-    already known (registered or built in) needs ``replace=True``.
+    Driver`` (see :class:`~msgcluster.queues.Driver`) or a
+    ``"module:attribute"`` string imported on first use. A scheme already
+    known (registered or built in) needs ``replace=True``.
     """
     scheme = scheme.lower() if isinstance(scheme, str) else scheme
     if not isinstance(scheme, str) or not _SCHEME.fullmatch(scheme):
@@ -121,13 +123,15 @@ class OpeningQueue:
         return self._open().__await__()
 
     async def _open(self) -> Queue:
-        queue = await self._factory(self._uri, **self._options)
-        if not isinstance(queue, Queue):
+        driver = await self._factory(self._uri, **self._options)
+        if not isinstance(driver, Driver):
+            if hasattr(driver, "aclose"):
+                await driver.aclose()
             raise ConfigurationError(
-                f"the {self._uri.scheme}:// backend returned {type(queue).__name__}, "
-                "which does not implement msgcluster.queues.Queue"
+                f"the {self._uri.scheme}:// backend returned {type(driver).__name__}, "
+                "which does not implement msgcluster.queues.Driver"
             )
-        return queue
+        return PortableQueue(driver)
 
     async def __aenter__(self) -> Queue:
         queue = await self._open()

@@ -54,6 +54,7 @@ __all__ = ["SqsQueue", "open_sqs_queue"]
 
 #: Message attribute that flags a base64-encoded body (reserved prefix).
 ENCODING_ATTRIBUTE = "msgcluster.encoding"
+_EMPTY_PLACEHOLDER = "-"
 REASON_ATTRIBUTE = "msgcluster.dead-letter-reason"
 _SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
 # SQS's text: XML 1.0 characters. Anything else must travel encoded.
@@ -360,16 +361,16 @@ class SqsQueue(QueueHandle):
                     QueueName=name, QueueOwnerAWSAccountId=account
                 )
             self._dlq_url = found["QueueUrl"]
-        body = _wire_body(message.body)
+        body, encoding = _encode_body(message.body)
         attributes = {
             name: {"DataType": "String", "StringValue": value}
             for name, value in message.attributes.items()
         }
-        if body is None:
-            body = base64.b64encode(message.body).decode("ascii")
-            attributes[ENCODING_ATTRIBUTE] = {"DataType": "String", "StringValue": "base64"}
+        if encoding is not None:
+            attributes[ENCODING_ATTRIBUTE] = {"DataType": "String", "StringValue": encoding}
+        reason = _NOT_SQS_TEXT.sub("?", reason[:1000])
         if reason:
-            attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": reason[:1000]}
+            attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": reason}
         request: dict[str, Any] = {
             "QueueUrl": self._dlq_url,
             "MessageBody": body,
@@ -396,10 +397,9 @@ def _entry(
     index: int, message: PreparedMessage, caps: Capabilities
 ) -> tuple[dict[str, Any] | MsgclusterError, int]:
     """The SendMessageBatch entry of one message and its size on the wire."""
-    body, attributes = _wire_body(message.body), dict(message.attributes)
-    if body is None:
-        body = base64.b64encode(message.body).decode("ascii")
-        attributes[ENCODING_ATTRIBUTE] = "base64"
+    (body, encoding), attributes = _encode_body(message.body), dict(message.attributes)
+    if encoding is not None:
+        attributes[ENCODING_ATTRIBUTE] = encoding
     size = len(body.encode()) + sum(
         len(k.encode()) + len(v.encode()) for k, v in attributes.items()
     )
@@ -425,15 +425,22 @@ def _entry(
     return entry, size
 
 
-def _wire_body(body: bytes) -> str | None:
-    """The body as SQS text, or None if it must be encoded."""
+def _encode_body(body: bytes) -> tuple[str, str | None]:
+    """The body as SQS text, and how it was encoded (None: as it is).
+
+    SQS refuses an empty body (``MissingParameter``) and characters outside
+    XML 1.0: an empty body travels as a placeholder flagged ``empty``, one
+    that is not SQS text as base64 flagged ``base64``.
+    """
     if not body:
-        return None
+        return _EMPTY_PLACEHOLDER, "empty"
     try:
         text_body = body.decode()
     except UnicodeDecodeError:
-        return None
-    return None if _NOT_SQS_TEXT.search(text_body) else text_body
+        return base64.b64encode(body).decode("ascii"), "base64"
+    if _NOT_SQS_TEXT.search(text_body):
+        return base64.b64encode(body).decode("ascii"), "base64"
+    return text_body, None
 
 
 def _received(message: dict[str, Any]) -> ReceivedMessage:
@@ -449,7 +456,12 @@ def _received(message: dict[str, Any]) -> ReceivedMessage:
         elif "BinaryValue" in value:
             attributes[name] = base64.b64encode(value["BinaryValue"]).decode("ascii")
     raw = message["Body"]
-    body = base64.b64decode(raw) if encoding == "base64" else raw.encode()
+    if encoding == "empty":
+        body = b""
+    elif encoding == "base64":
+        body = base64.b64decode(raw)
+    else:
+        body = raw.encode()
     sent = system.get("SentTimestamp")
     return ReceivedMessage(
         id=message["MessageId"],

@@ -39,6 +39,7 @@ from .._errors import MsgclusterError, ObjectNotFoundError, QueueClosedError, Re
 from .._records import Kind, ParsedRecord, classify, from_received, load_incoming
 from .._schemas import RecordKey, RecordType
 from ..queues import Queue, ReceivedMessage, open_queue
+from ..queues._portable import wrap
 from ._context import MessageContext
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
@@ -58,6 +59,7 @@ class _Item:
 
     __slots__ = (
         "body",
+        "copy_of",
         "ctx",
         "error",
         "message",
@@ -80,6 +82,12 @@ class _Item:
         self.running = False
         self.settled = False
         self.seconds = 0.0
+        # The same message delivered twice in one batch runs once: the copy
+        # follows its first delivery's outcome.
+        self.copy_of: _Item | None = None
+
+
+_ACKED = frozenset({Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.CALLBACK})
 
 
 class Worker:
@@ -160,7 +168,7 @@ class Worker:
         if isinstance(self._queue_arg, str):
             async with open_queue(self._queue_arg, **self._queue_options) as queue:
                 return await self._run(queue)
-        return await self._run(self._queue_arg)
+        return await self._run(wrap(self._queue_arg))
 
     async def _run(self, queue: Queue) -> WorkerStats:
         self._queue = queue
@@ -288,7 +296,12 @@ class Worker:
         client = self.app.client
         ctx = client.ctx if client is not None and client.is_open else None
         tracked: list[_Item] = []
+        first: dict[str, _Item] = {}
         for item in items:
+            original = first.setdefault(item.message.id, item)
+            if original is not item:
+                item.copy_of, item.outcome = original, Outcome.SKIPPED
+                continue
             await self._read(ctx, item)
             if item.outcome is None and item.record is not None:
                 tracked.append(item)
@@ -301,7 +314,7 @@ class Worker:
     async def _read(self, ctx: Context | None, item: _Item) -> None:
         incoming = classify(from_received(item.message))
         if incoming.error is not None:
-            self._poison(item, str(incoming.error))
+            self._poison(item, incoming.error)
             return
         if ctx is None and (incoming.tracked or incoming.pointer is not None):
             item.error = MsgclusterError(
@@ -315,7 +328,7 @@ class Worker:
         except (RecordError, ObjectNotFoundError) as exc:
             if incoming.tracked:  # recorded as failed when dead-lettered
                 item.record = ParsedRecord(ctx, incoming)
-            self._poison(item, str(exc))
+            self._poison(item, exc)
             return
         except MsgclusterError as exc:  # S3 unavailable: try again later
             item.error, item.outcome = exc, Outcome.RETRIED
@@ -324,9 +337,11 @@ class Worker:
             item.record = item.ctx.record = record
         item.body = record.body if record.kind is not Kind.EVENT else None
 
-    def _poison(self, item: _Item, reason: str) -> None:
-        log.error("message %s is poison: %s", item.message.id, reason)
-        item.error = Reject(reason)
+    def _poison(self, item: _Item, error: MsgclusterError) -> None:
+        """Dead-letter it alone, with the error that says why (recorded as the
+        failure of a tracked message)."""
+        log.error("message %s is poison: %s", item.message.id, error)
+        item.error = error
         item.outcome = Outcome.DEAD_LETTERED
 
     async def _handle(self, item: _Item) -> None:
@@ -419,12 +434,17 @@ class Worker:
                     finally:
                         del self._callbacks_running[key]
                         running.set()
-        ack = [
-            i for i in items if i.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.CALLBACK)
-        ]
+        for item in items:
+            if item.copy_of is not None and item.copy_of.outcome not in _ACKED:
+                # Its first delivery is retried or dead-lettered: deleting the
+                # copy would delete the message. It reappears after its timeout.
+                self._settled(item, Outcome.SKIPPED)
+        ack = [i for i in items if i.outcome in _ACKED and not i.settled]
         await self._ack(queue, ack)
         retries = [
-            (i, await self._retry_delay(queue, i)) for i in items if i.outcome is Outcome.RETRIED
+            (i, await self._retry_delay(queue, i))
+            for i in items
+            if i.outcome is Outcome.RETRIED and not i.settled
         ]
         await self._change_visibility(queue, retries, "reschedule")
         for item, _ in retries:
@@ -434,20 +454,30 @@ class Worker:
                 await self._dead_letter(queue, item)
 
     async def _ack(self, queue: Queue, items: list[_Item]) -> None:
-        step = queue.capabilities.max_ack_batch
-        for start in range(0, len(items), step):
-            chunk = items[start : start + step]
-            results = await queue.ack([i.message for i in chunk])
-            for item, result in zip(chunk, results, strict=True):
-                if not result.ok:
-                    # Redelivered later, then skipped as complete: harmless.
-                    log.warning("ack of %s failed: %s", item.message.id, result.error)
-                self._settled(item, item.outcome or Outcome.SUCCEEDED)
+        """Acknowledge what is done, in as few requests as the queue allows.
+
+        Whatever happens to the ack, these messages are settled: their work
+        is complete (and counted), so they are never made visible again. One
+        whose ack failed reappears after its visibility timeout and is then
+        skipped as complete.
+        """
+        if not items:
+            return
+        try:
+            results = await queue.ack([i.message for i in items])
+            errors = [result.error for result in results]
+        except MsgclusterError as exc:
+            errors = [exc] * len(items)
+        for item, error in zip(items, errors, strict=True):
+            if error is not None:
+                log.warning("ack of %s failed (it is complete: skipped when redelivered): %s",
+                            item.message.id, error)  # fmt: skip
+            self._settled(item, item.outcome or Outcome.SUCCEEDED)
 
     async def _retry_delay(self, queue: Queue, item: _Item) -> float:
         """Record a failed attempt; when to make the message visible again."""
         message = item.message
-        last = _max_receives(queue)
+        last = queue.max_receives
         if last is not None and message.receive_count >= last and item.error is not None:
             # The queue's DLQ takes it on the next receive: record it now.
             await self._record_failure(item, final=True)
@@ -462,42 +492,32 @@ class Worker:
     async def _change_visibility(
         self, queue: Queue, changes: list[tuple[_Item, float]], what: str
     ) -> list[_Item]:
-        """Batched visibility changes (one request per ``max_ack_batch`` where the
-        backend has ``change_visibility``); returns the items that failed.
+        """Batched visibility changes (split and retried by the queue layer);
+        returns the items that failed.
 
         A failed change is harmless: the message reappears when its current
         visibility ends, and a duplicate is skipped.
         """
-        batch = getattr(queue, "change_visibility", None)
-        step = queue.capabilities.max_ack_batch
+        if not changes:
+            return []
+        try:
+            results = await queue.change_visibility(
+                [(item.message, seconds) for item, seconds in changes]
+            )
+            errors = [result.error for result in results]
+        except MsgclusterError as exc:
+            errors = [exc] * len(changes)
         failed: list[_Item] = []
-        for start in range(0, len(changes), step):
-            chunk = changes[start : start + step]
-            try:
-                if batch is not None:
-                    results = await batch([(item.message, seconds) for item, seconds in chunk])
-                    errors = [result.error for result in results]
-                else:
-                    errors = []
-                    for item, seconds in chunk:
-                        try:
-                            await queue.nack(item.message, seconds)
-                            errors.append(None)
-                        except MsgclusterError as exc:
-                            errors.append(exc)
-            except MsgclusterError as exc:
-                errors = [exc] * len(chunk)
-            for (item, _), error in zip(chunk, errors, strict=True):
-                if error is not None:
-                    log.warning("could not %s %s: %s", what, item.message.id, error)
-                    failed.append(item)
+        for (item, _), error in zip(changes, errors, strict=True):
+            if error is not None:
+                log.warning("could not %s %s: %s", what, item.message.id, error)
+                failed.append(item)
         return failed
 
     async def _dead_letter(self, queue: Queue, item: _Item) -> None:
         await self._record_failure(item, final=True)
-        mover = getattr(queue, "dead_letter", None)
         reason = str(item.error) if item.error else "rejected"
-        if mover is not None and await mover(item.message, reason):
+        if await queue.dead_letter(item.message, reason):
             self._settled(item, Outcome.DEAD_LETTERED)
             return
         # No DLQ to move it to: never drop it; keep it out of the way a while.
@@ -519,11 +539,12 @@ class Worker:
             log.warning("could not record the failure of %s: %s", item.message.id, exc)
 
     async def _release(self, queue: Queue, items: list[_Item]) -> None:
+        # A failed release is harmless: it reappears after its visibility timeout.
+        try:
+            await queue.change_visibility([(item.message, 0) for item in items])
+        except Exception as exc:
+            log.debug("release of %d message(s) failed: %s", len(items), exc)
         for item in items:
-            try:
-                await queue.nack(item.message, 0)
-            except Exception as exc:  # it reappears after its visibility timeout anyway
-                log.debug("release of %s failed: %s", item.message.id, exc)
             self._settled(item, Outcome.RELEASED)
 
     def _settled(self, item: _Item, outcome: Outcome) -> None:
@@ -572,8 +593,3 @@ class Worker:
                     self.stop()
         except (NotImplementedError, ValueError):  # not the main thread / platform
             return
-
-
-def _max_receives(queue: Queue) -> int | None:
-    value = getattr(queue, "max_receives", None)
-    return value if isinstance(value, int) else None
