@@ -191,7 +191,7 @@ async def fill(queue: Queue, n: int) -> None:
 
 
 def memory_depth(queue: Queue) -> int:
-    return len(queue._store)  # type: ignore[attr-defined]  # messages held, in flight included
+    return len(queue.driver._store)  # type: ignore[attr-defined]  # held, in flight included
 
 
 async def memory_hand_loop(n: int, trace: bool) -> Row:

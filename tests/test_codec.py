@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import msgcluster
 from msgcluster import MessageClusterRecord, MessageRecord, RecordKey, Status
 from msgcluster._itemcodec import decode_item, encode_item, from_attr, to_attr
-from msgcluster._records import Kind, SqsMessage, classify
+from msgcluster._incoming import MessageKind, SqsMessage, classify
 from msgcluster._schemas import ErrorEntry, MessageEnvelope, S3Pointer, TaskEnvelope
 
 # Floats DynamoDB can hold exactly as Python's repr writes them; ints within 38 digits.
@@ -111,7 +111,7 @@ def test_envelopes_round_trip_through_the_tagged_union(ident: str, body: Any) ->
         wire = msgspec.json.encode(envelope).decode()
         incoming = classify(SqsMessage(id="m", body=wire))
         assert incoming.error is None
-        assert incoming.kind is (Kind.MESSAGE if envelope is message else Kind.TASK)
+        assert incoming.kind is (MessageKind.MESSAGE if envelope is message else MessageKind.TASK)
         decoded = incoming.envelope
         assert type(decoded) is type(envelope)
         assert msgspec.json.encode(decoded) == msgspec.json.encode(envelope)

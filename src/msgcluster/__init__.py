@@ -41,31 +41,31 @@ from ._errors import (
     UnknownSchemeError,
     ValidationError,
 )
+from ._incoming import MessageKind
 from ._records import ParsedRecord
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
     CallbackStatus,
-    ClusterEventEnvelope,
     ErrorEntry,
     MessageClusterRecord,
-    MessageEnvelope,
     MessageRecord,
     OutgoingMessage,
     RecordKey,
     RecordType,
     S3Pointer,
-    ShardRecord,
     Status,
     StatusCode,
     Task,
-    TaskEnvelope,
 )
 from ._settings import Settings
+from .queues import open_queue
+from .worker import App, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "App",
     "AwsConnectionError",
     "AwsError",
     "AwsValidationError",
@@ -81,7 +81,6 @@ __all__ = [
     "ClusterCallback",
     "ClusterCreateError",
     "ClusterError",
-    "ClusterEventEnvelope",
     "ClusterView",
     "ConditionFailedError",
     "ConfigurationError",
@@ -93,7 +92,7 @@ __all__ = [
     "InvalidKeyError",
     "MalformedEventError",
     "MessageClusterRecord",
-    "MessageEnvelope",
+    "MessageKind",
     "MessageRecord",
     "MessageTooLargeError",
     "MetaTooLargeError",
@@ -114,15 +113,15 @@ __all__ = [
     "ResourceNotFoundError",
     "S3Pointer",
     "Settings",
-    "ShardRecord",
     "Status",
     "StatusCode",
     "TableNotFoundError",
     "Task",
-    "TaskEnvelope",
     "ThrottledError",
     "TransactionCanceledError",
     "UnknownSchemeError",
     "ValidationError",
+    "Worker",
     "__version__",
+    "open_queue",
 ]

@@ -20,8 +20,8 @@ from ._context import iso_now
 from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import EnvelopeError
 from ._fanin import repair, settle_tasks
+from ._incoming import MessageKind, kind_of
 from ._itemcodec import to_attr
-from ._records import Kind, kind_of
 from ._schemas import (
     KEY_PREFIX,
     CallbackStatus,
@@ -36,10 +36,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._context import Context
-    from ._records import SqsMessage
+    from ._incoming import SqsMessage
 
 __all__ = [
-    "Kind",
+    "MessageKind",
     "is_complete_batch",
     "kind_of",
     "mark_complete_batch",
@@ -57,16 +57,16 @@ _DONE_CALLBACK: Final = frozenset({CallbackStatus.DONE.value, CallbackStatus.ERR
 
 def _classify(
     records: Sequence[object],
-) -> list[tuple[RecordKey | None, SqsMessage | None, Kind]]:
+) -> list[tuple[RecordKey | None, SqsMessage | None, MessageKind]]:
     """Key, message and kind per record; a plain or mis-keyed message has no key."""
-    out: list[tuple[RecordKey | None, SqsMessage | None, Kind]] = []
+    out: list[tuple[RecordKey | None, SqsMessage | None, MessageKind]] = []
     for record in records:
         try:
             key, message = _messages.record_key(record)
         except EnvelopeError:
-            out.append((None, None, Kind.PLAIN))
+            out.append((None, None, MessageKind.PLAIN))
             continue
-        out.append((key, message, kind_of(key) if key is not None else Kind.PLAIN))
+        out.append((key, message, kind_of(key) if key is not None else MessageKind.PLAIN))
     return out
 
 
@@ -99,7 +99,7 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
         if key is None:
             continue
         wanted.append((key.pk, key.rk))
-        if kind is Kind.TASK:
+        if kind is MessageKind.TASK:
             ckey = TaskRef(key).cluster_key
             wanted.append((ckey.pk, ckey.rk))
     found = (
@@ -121,9 +121,9 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
             continue
         item = found.get((key.pk, key.rk))
         status = item.get("status", {}).get("S") if item else None
-        if kind is Kind.MESSAGE:
+        if kind is MessageKind.MESSAGE:
             out.append(item is None or status == Status.COMPLETE.value)
-        elif kind is Kind.EVENT:
+        elif kind is MessageKind.EVENT:
             code = int(item.get("statusCode", {}).get("N", "0")) if item else None
             callback = item.get("callbackStatus", {}).get("S") if item else None
             out.append(item is None or code == StatusCode.STOPPED or callback in _DONE_CALLBACK)
@@ -159,7 +159,7 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
     messages = {
         index: key
         for index, (key, _, kind) in enumerate(classified)
-        if kind is Kind.MESSAGE and key is not None
+        if kind is MessageKind.MESSAGE and key is not None
     }
     if len(messages) == 1:
         ((index, key),) = messages.items()
@@ -171,7 +171,7 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
     tasks = {
         index: TaskRef(key)
         for index, (key, _, kind) in enumerate(classified)
-        if kind is Kind.TASK and key is not None
+        if kind is MessageKind.TASK and key is not None
     }
     if tasks:
         settled = await settle_tasks(ctx, list(tasks.values()))
@@ -192,10 +192,10 @@ async def mark_failed(
     if key is None:  # plain: no record to note it on
         return None
     kind = kind_of(key)
-    if kind is Kind.EVENT:
+    if kind is MessageKind.EVENT:
         log.warning("completion event of %s failed: %s", key.pk, error)
         return None
-    if kind is Kind.MESSAGE:
+    if kind is MessageKind.MESSAGE:
         return await _messages.mark_failed(ctx, record, error, final=final)
     receive_count = message.receive_count if message is not None else 0
     if final is None:
@@ -232,4 +232,4 @@ async def mark_failed(
 
 
 def cluster_key_of(key: RecordKey) -> RecordKey:
-    return TaskRef(key).cluster_key if kind_of(key) is Kind.TASK else cluster_key(key.pk)
+    return TaskRef(key).cluster_key if kind_of(key) is MessageKind.TASK else cluster_key(key.pk)

@@ -24,16 +24,8 @@ from ._consume import is_complete_batch, mark_failed
 from ._dynamo import batch_write, key_attrs
 from ._errors import ConfigurationError, MalformedEventError, MsgclusterError
 from ._fanin import settle_tasks
-from ._records import (
-    Incoming,
-    Kind,
-    ParsedRecord,
-    SqsMessage,
-    classify,
-    kind_of,
-    load_incoming,
-    normalize,
-)
+from ._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
+from ._records import ParsedRecord, load_incoming
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -144,7 +136,7 @@ async def safe_process_batch(
         try:
             parsed = await load_incoming(ctx, item.incoming, body_type)
             item.incoming = _resolved(item.incoming, parsed)
-            if parsed.kind is Kind.EVENT and ctx is not None and ctx.cluster_callbacks:
+            if parsed.kind is MessageKind.EVENT and ctx is not None and ctx.cluster_callbacks:
                 # A completion event, and this Client has the callback: run it
                 # (claimed, so exactly once); a False claim means it is running
                 # elsewhere, so the event stays for a later try.
@@ -216,7 +208,9 @@ def _resolved(incoming: Incoming, parsed: ParsedRecord[Any]) -> Incoming:
 async def _complete(ctx: Context, items: list[_Item]) -> None:
     """Complete processed records: tasks counted (one transaction), messages' records
     deleted; a completion that fails fails its message."""
-    tasks = [item for item in items if item.key is not None and kind_of(item.key) is Kind.TASK]
+    tasks = [
+        item for item in items if item.key is not None and kind_of(item.key) is MessageKind.TASK
+    ]
     if tasks:
         try:
             await settle_tasks(ctx, [TaskRef(item.key) for item in tasks if item.key is not None])
@@ -228,7 +222,7 @@ async def _complete(ctx: Context, items: list[_Item]) -> None:
     requests = [
         {"DeleteRequest": {"Key": key_attrs(item.key.pk, item.key.rk)}}
         for item in items
-        if item.key is not None and kind_of(item.key) is Kind.MESSAGE
+        if item.key is not None and kind_of(item.key) is MessageKind.MESSAGE
     ]
     if not requests:
         return

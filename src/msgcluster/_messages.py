@@ -29,9 +29,10 @@ from ._errors import (
     is_definitely_not_applied,
     is_sender_fault,
 )
+from ._incoming import SqsMessage, classify, normalize
 from ._itemcodec import decode_item, from_attr, to_attr
 from ._outgoing import Prepared, needs_offload, prepare
-from ._records import ParsedRecord, SqsMessage, classify, normalize
+from ._records import ParsedRecord
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
     STATUS_CODES,

@@ -32,15 +32,16 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
+from .._incoming import MessageKind
 from .._lambda import safe_process_batch
-from .._records import Kind
 from ..queues._contract import ReceivedMessage
 from ..worker._context import MessageContext
 from ..worker._flow import Ack
 
 if TYPE_CHECKING:
     from .._client import Client
-    from .._records import ParsedRecord, SqsMessage
+    from .._incoming import SqsMessage
+    from .._records import ParsedRecord
     from ..worker import App
 
 __all__ = ["SqsLambdaHandler", "lambda_handler"]
@@ -104,7 +105,7 @@ class SqsLambdaHandler:
         )
 
     async def _process(self, parsed: ParsedRecord[Any]) -> None:
-        if parsed.kind is Kind.EVENT:
+        if parsed.kind is MessageKind.EVENT:
             # No completion callback on this app (the Client runs registered
             # ones before this): the event is spent, as in the worker.
             return

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import msgspec
 
+from .._bodies import body_decoder
 from .._errors import ConfigurationError
-from .._records import body_decoder
 
 if TYPE_CHECKING:
     from .._callbacks import ClusterCallback

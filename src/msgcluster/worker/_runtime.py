@@ -36,7 +36,8 @@ import anyio
 
 from .._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from .._errors import MsgclusterError, ObjectNotFoundError, QueueClosedError, RecordError
-from .._records import Kind, ParsedRecord, classify, from_received, load_incoming
+from .._incoming import MessageKind, classify, from_received
+from .._records import ParsedRecord, load_incoming
 from .._schemas import RecordKey, RecordType
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
@@ -335,7 +336,7 @@ class Worker:
             return
         if record.tracked:
             item.record = item.ctx.record = record
-        item.body = record.body if record.kind is not Kind.EVENT else None
+        item.body = record.body if record.kind is not MessageKind.EVENT else None
 
     def _poison(self, item: _Item, error: MsgclusterError) -> None:
         """Dead-letter it alone, with the error that says why (recorded as the
