@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import msgcluster
 from msgcluster import MessageClusterRecord, MessageRecord, RecordKey, Status
-from msgcluster._itemcodec import decode_item, encode_item, from_attr, to_attr
 from msgcluster._incoming import MessageKind, SqsMessage, classify
+from msgcluster._itemcodec import decode_item, encode_item, from_attr, to_attr
 from msgcluster._schemas import ErrorEntry, MessageEnvelope, S3Pointer, TaskEnvelope
 
 # Floats DynamoDB can hold exactly as Python's repr writes them; ints within 38 digits.

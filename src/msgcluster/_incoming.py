@@ -278,7 +278,9 @@ def classify(message: SqsMessage) -> Incoming:
 
 def _classify_body(message: SqsMessage) -> Incoming:
     body = message.body
-    if not body.lstrip(" \t\r\n").startswith("{"):
+    # Every envelope is an object with "pk" and "rk": other bodies are plain
+    # without a decode (the common case for messages msgcluster did not send).
+    if not body.lstrip(" \t\r\n").startswith("{") or '"pk"' not in body or '"rk"' not in body:
         return Incoming(message, MessageKind.PLAIN)
     try:
         envelope = _envelope_decoder.decode(body)

@@ -234,6 +234,8 @@ class PortableQueue:
         message_of: Callable[[T], ReceivedMessage],
         call: Callable[[list[T]], Awaitable[list[AckResult]]],
     ) -> list[AckResult]:
+        if not items:
+            return []
         first: dict[str, int] = {}
         unique: list[int] = []
         for index, item in enumerate(items):
@@ -245,15 +247,21 @@ class PortableQueue:
         out: dict[int, AckResult] = {}
         step = self.capabilities.max_ack_batch
         parts = [unique[i : i + step] for i in range(0, len(unique), step)]
-        await gather_limited(
-            self._limiter, [partial(self._settle_part, part, items, call, out) for part in parts]
-        )
+        if len(parts) == 1:  # one request: no task group, no limiter round trip
+            await self._settle_part(parts[0], items, call, out)
+        else:
+            await gather_limited(
+                self._limiter,
+                [partial(self._settle_part, part, items, call, out) for part in parts],
+            )
         results = []
         for index, item in enumerate(items):
             receipt = getattr(message_of(item), "receipt", None)
             source = first.get(receipt, index) if isinstance(receipt, str) else index
             result = out[source]
-            results.append(AckResult(index=index, id=result.id, error=result.error))
+            if result.index != index:
+                result = AckResult(index=index, id=result.id, error=result.error)
+            results.append(result)
         return results
 
     async def _settle_part(
@@ -274,7 +282,11 @@ class PortableQueue:
                     out[index] = AckResult(index=index, id=_id_of(items[index]), error=exc)
                 return
             for index, result in zip(pending, results, strict=True):
-                out[index] = AckResult(index=index, id=result.id, error=result.error)
+                out[index] = (
+                    result
+                    if result.index == index
+                    else AckResult(index=index, id=result.id, error=result.error)
+                )
             retry = [index for index in pending if is_retryable(out[index].error)]
             if not retry or attempt + 1 >= self._backoff.attempts:
                 return

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import msgspec
 
-from .._bodies import body_decoder
+from .._bodies import BodyDecoder, body_decoder
 from .._errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class App:
         self.name = name
         self._handlers: list[_Registered] = []
         self._by_type: dict[type, _Registered] = {}
+        self._body_type: Any = Any
+        self._decoder: BodyDecoder | None = None
         self.cluster_callback: ClusterCallback | None = None
 
     # ---------------------------------------------------------- registration
@@ -98,7 +100,7 @@ class App:
         types = tuple(r.type for r in handlers)
         target: Any = types[0] if len(types) == 1 else Union[types]  # noqa: UP007
         try:
-            body_decoder(target)
+            decoder = body_decoder(target)
         except TypeError as exc:
             raise ConfigurationError(
                 f"handlers for {', '.join(map(repr, types))} cannot share one queue: msgspec "
@@ -107,24 +109,23 @@ class App:
             ) from exc
         self._handlers = handlers
         self._by_type = {r.type: r for r in handlers if isinstance(r.type, type)}
+        self._body_type = target
+        self._decoder = decoder
 
     # --------------------------------------------------------------- dispatch
 
     @property
     def body_type(self) -> Any:
         """The type bodies are decoded into (a Union for several handlers)."""
-        types = tuple(r.type for r in self._handlers)
-        if not types:
-            return Any
-        return types[0] if len(types) == 1 else Union[types]  # noqa: UP007
+        return self._body_type
 
-    def decode(self, data: bytes | str) -> Any:
+    def decode(self, data: bytes | str, message_id: str = "") -> Any:
         """Decode a plain body (one msgcluster did not send) as the handlers declare:
         JSON into their types, text for a ``str`` handler, bytes for ``bytes``.
         Raises :class:`~msgcluster.BodyDecodeError`."""
-        if not self._handlers:
+        if self._decoder is None:
             raise ConfigurationError("the app has no handlers: register one with @app.handler")
-        return body_decoder(self.body_type).plain(data, "")
+        return self._decoder.plain(data, message_id)
 
     def handler_for(self, body: Any) -> _Registered:
         if len(self._handlers) == 1:

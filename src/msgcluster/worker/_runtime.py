@@ -325,6 +325,10 @@ class Worker:
             item.outcome = Outcome.RETRIED
             return
         try:
+            if not incoming.tracked and incoming.pointer is None:
+                # A plain body: decoded as the handlers declare, nothing to load.
+                item.body = self.app.decode(incoming.message.data, item.message.id)
+                return
             record = await load_incoming(ctx, incoming, self.app.body_type)
         except (RecordError, ObjectNotFoundError) as exc:
             if incoming.tracked:  # recorded as failed when dead-lettered
@@ -541,6 +545,8 @@ class Worker:
 
     async def _release(self, queue: Queue, items: list[_Item]) -> None:
         # A failed release is harmless: it reappears after its visibility timeout.
+        if not items:
+            return
         try:
             await queue.change_visibility([(item.message, 0) for item in items])
         except Exception as exc:
