@@ -454,11 +454,11 @@ async def test_send_message_refused_removes_its_record(
     proxy: FaultProxy,
     names: dict[str, str],
 ) -> None:
-    proxy.add_rule("SendMessage", error(400, "InvalidParameterValue", "no thanks"), times=1)
+    proxy.add_rule("SendMessageBatch", error(400, "InvalidParameterValue", "no thanks"), times=1)
     with pytest.raises(msgcluster.AwsValidationError, match="no thanks") as info:
         await pc1.send_message(queue_url, {"n": 1})
     assert info.value.code == "InvalidParameterValue"
-    assert info.value.operation == "SendMessage"
+    assert info.value.operation == "SendMessageBatch"  # one entry: the queue layer's
     assert proxy.count("PutItem") == 1
     assert proxy.count("BatchWriteItem") == 1  # the record, removed again
     assert await stored_keys(mc, names["table"]) == set()
@@ -478,12 +478,12 @@ async def test_send_message_server_error_keeps_its_record(
     expires: a consumer treats "no record" as "already completed" and would
     skip a message that did arrive.
     """
-    proxy.add_rule("SendMessage", error(500, "InternalError", "try later"), times=1)
+    proxy.add_rule("SendMessageBatch", error(500, "InternalError", "try later"), times=1)
     with pytest.raises(msgcluster.AwsError, match="try later") as info:
         await pc1.send_message(queue_url, {"n": 1})
     assert info.value.code == "InternalError"
     assert info.value.status == 500
-    assert proxy.count("SendMessage") == 1  # max_attempts=1: botocore did not retry
+    assert proxy.count("SendMessageBatch") == 1  # max_attempts=1: botocore did not retry
     (key,) = await stored_keys(mc, names["table"])
     assert (await mc.get_message_record(key, consistent_read=True)).status is Status.PRE_FLIGHT
 
@@ -491,10 +491,10 @@ async def test_send_message_server_error_keeps_its_record(
 async def test_send_message_5xx_is_retried_by_default(
     pc: msgcluster.Client, mc: msgcluster.Client, queue_url: str, proxy: FaultProxy
 ) -> None:
-    proxy.add_rule("SendMessage", error(500, "InternalError", "try later"), times=1)
+    proxy.add_rule("SendMessageBatch", error(500, "InternalError", "try later"), times=1)
     key = await pc.send_message(queue_url, {"n": 1})
-    assert proxy.count("SendMessage", status=500) == 1
-    assert proxy.count("SendMessage", status=200) == 1
+    assert proxy.count("SendMessageBatch", status=500) == 1
+    assert proxy.count("SendMessageBatch", status=200) == 1
     (message,) = await receive_all(mc, queue_url, 1)
     assert mc.read_sqs_record(message).key == key
 
@@ -506,7 +506,7 @@ async def test_send_message_dropped_response_keeps_its_record(
     proxy: FaultProxy,
     names: dict[str, str],
 ) -> None:
-    proxy.add_rule("SendMessage", drop_response(), times=1)
+    proxy.add_rule("SendMessageBatch", drop_response(), times=1)
     with pytest.raises(msgcluster.AwsConnectionError, match="may have been sent") as caught:
         await pc1.send_message(queue_url, {"n": 1})
     (key,) = await stored_keys(mc, names["table"])

@@ -239,7 +239,7 @@ async def test_refused_large_send_removes_record_and_object(
     names: dict[str, str],
     proxy: FaultProxy,
 ) -> None:
-    proxy.add_rule("SendMessage", error(400, "InvalidParameterValue", "refused"), times=1)
+    proxy.add_rule("SendMessageBatch", error(400, "InvalidParameterValue", "refused"), times=1)
     async with client_for(local_aws, names, endpoint_url=proxy.url, max_attempts=1) as pc:
         with pytest.raises(msgcluster.AwsValidationError, match="refused"):
             await pc.send_message(queue_url, Blob("big", "z" * TWO_MIB))

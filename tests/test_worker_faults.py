@@ -58,7 +58,7 @@ async def test_portable_queue_retries_failed_entries_and_reports_the_rest(
         assert [r.index for r in sent] == list(range(25))
         refused = [r for r in sent if not r.ok]
         assert len(refused) == 1
-        assert isinstance(refused[0].error, msgcluster.ValidationError)
+        assert isinstance(refused[0].error, msgcluster.AwsValidationError)
         received: dict[str, msgcluster.queues.ReceivedMessage] = {}
         with anyio.fail_after(20):
             while len(received) < 24:

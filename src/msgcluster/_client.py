@@ -145,7 +145,9 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        stack, self._stack, self._ctx = self._stack, None, None
+        stack, ctx, self._stack, self._ctx = self._stack, self._ctx, None, None
+        if ctx is not None:
+            await ctx.aclose()
         if stack is not None:
             await stack.aclose()
 
@@ -214,7 +216,11 @@ class Client:
         group_id: str | None = None,
         dedup_id: str | None = None,
     ) -> RecordKey:
-        """Write a PRE FLIGHT record, then send ``body``; returns the record key."""
+        """Write a PRE FLIGHT record, then send ``body``; returns the record key.
+
+        ``queue_url`` is an SQS queue URL or a queue URI (``sqs://name``,
+        ``dynamodb://table?queue=name``): the message goes through the queue
+        layer, on this Client's AWS clients, and its record names that queue."""
         return await _messages.send_message(
             self.ctx,
             queue_url,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from . import _payloads
-from ._batching import gather_limited, iter_chunks, pack_by_size
+from ._batching import gather_limited, iter_chunks
 from ._clusterkeys import (
     CLUSTER_INDEX_KEY,
     CLUSTER_INDEX_VALUE,
@@ -46,7 +46,7 @@ from ._errors import (
 )
 from ._fanin import close_shard, maybe_flip
 from ._itemcodec import decode_item, encode_item
-from ._messages import SEND_BATCH_MAX, _send_group
+from ._messages import send_entries
 from ._outgoing import Prepared, encode_json, needs_offload, prepare
 from ._schemas import (
     MessageClusterRecord,
@@ -341,22 +341,15 @@ class _Creator:
         await gather_limited(self.ctx.limiter, [partial(offload, entry) for entry in large])
 
     async def _send(self, entries: list[Prepared]) -> None:
-        groups = pack_by_size(
-            entries,
-            max_count=SEND_BATCH_MAX,
-            max_bytes=self.ctx.settings.max_batch_bytes,
-            size_of=lambda entry: entry.size,
-        )
-        calls = [partial(_send_group, self.ctx, self.info.url, group) for group in groups]
-        for outcomes in await gather_limited(self.ctx.limiter, calls):
-            for entry, outcome in outcomes:
-                if not isinstance(outcome, str):
-                    raise ClusterCreateError(
-                        f"task {entry.index} of cluster {self.cid} could not be sent: "
-                        f"{outcome.code}: {outcome.message}; its record is kept: call again "
-                        f"with cluster_id={self.cid!r} to resume",
-                        cluster_id=self.cid,
-                    )
+        for entry, outcome in await send_entries(self.ctx, self.info.url, entries):
+            if not isinstance(outcome, str):
+                error = outcome.error
+                raise ClusterCreateError(
+                    f"task {entry.index} of cluster {self.cid} could not be sent: "
+                    f"{getattr(error, 'code', '') or type(error).__name__}: {error}; its record "
+                    f"is kept: call again with cluster_id={self.cid!r} to resume",
+                    cluster_id=self.cid,
+                )
 
     async def _seal_shard(self, shard: int, count: int) -> None:
         """Every task of the block was sent: let the shard count down to closure."""

@@ -6,7 +6,6 @@ public class stays a thin, documented surface.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from ._errors import AwsValidationError, QueueNotFoundError, ValidationError, aws_errors
+from ._errors import QueueNotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
     from ._settings import Settings
+    from .queues import PortableQueue
 
 __all__ = ["Context", "GlobalsCache", "QueueInfo", "iso_now"]
 
@@ -58,6 +58,7 @@ class Context:
         self.table = settings.table
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
         self._queues: dict[str, QueueInfo] = {}
+        self._opened: dict[str, PortableQueue] = {}
         # Cluster globals by S3 key: (ETag, bytes), revalidated with IfNoneMatch.
         self.globals_cache: GlobalsCache = GlobalsCache()
         # cluster id -> "may be final" as last seen by this process: lets
@@ -70,15 +71,20 @@ class Context:
     def expires_at(self) -> int:
         return int(time.time()) + self.settings.retention_days * 86_400
 
-    async def queue_info(self, url: str) -> QueueInfo:
-        """Attributes of the queue at ``url``, cached for the Client's lifetime."""
-        check_queue_url(url)
-        info = self._queues.get(url)
-        if info is not None:
-            return info
+    async def queue(self, target: str) -> PortableQueue:
+        """The queue at ``target`` (an SQS queue URL, or a URI such as
+        ``sqs://name`` or ``dynamodb://table?queue=name``), opened once per Client
+        through the queue layer on this Client's own AWS clients."""
+        check_queue_target(target)
+        queue = self._opened.get(target)
+        if queue is not None:
+            return queue
+        from .queues import PortableQueue, open_queue
+
+        scheme = target.split("://", 1)[0].lower()
+        client = self.ddb if scheme == "dynamodb" else self.sqs
         try:
-            with aws_errors(resource=url):
-                response = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+            opened = await open_queue(target, client=client)
         except QueueNotFoundError as exc:
             raise QueueNotFoundError(
                 f"{exc} Check the queue URL (and region), or create the queue with "
@@ -87,28 +93,43 @@ class Context:
                 operation=exc.operation,
                 status=exc.status,
             ) from exc
-        attrs = response.get("Attributes", {})
-        redrive = attrs.get("RedrivePolicy")
-        max_receives: int | None = None
-        if redrive:
-            try:
-                max_receives = int(json.loads(redrive)["maxReceiveCount"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AwsValidationError(f"queue {url} has an unreadable RedrivePolicy") from exc
+        # The Client's limit on concurrent requests applies to its queues too.
+        mine = PortableQueue(opened.driver, concurrency=self.settings.concurrency)  # type: ignore[attr-defined]
+        queue = self._opened.setdefault(target, mine)
+        if queue is not mine:  # opened concurrently by another task: keep one
+            await opened.aclose()
+        return queue
+
+    async def queue_info(self, url: str) -> QueueInfo:
+        """What msgcluster needs to know about the queue at ``url``, read once."""
+        info = self._queues.get(url)
+        if info is not None:
+            return info
+        queue = await self.queue(url)
+        driver = queue.driver
+        caps = queue.capabilities
         info = QueueInfo(
             url=url,
-            arn=attrs.get("QueueArn", ""),
-            fifo=attrs.get("FifoQueue", "false") == "true",
-            content_based_dedup=attrs.get("ContentBasedDeduplication", "false") == "true",
-            max_receive_count=max_receives,
-            visibility_timeout=int(attrs.get("VisibilityTimeout", "30")),
-            max_message_size=int(attrs.get("MaximumMessageSize", "262144")),
+            arn=str(getattr(driver, "arn", "") or ""),
+            fifo=caps.fifo,
+            content_based_dedup=bool(getattr(driver, "content_based_dedup", False)),
+            max_receive_count=queue.max_receives,
+            visibility_timeout=int(getattr(driver, "visibility_timeout", 30) or 30),
+            max_message_size=caps.max_body_bytes,
         )
         self._queues[url] = info
         return info
 
+    async def aclose(self) -> None:
+        """Close the queues this Client opened (their AWS clients are the Client's)."""
+        opened, self._opened = list(self._opened.values()), {}
+        for queue in opened:
+            await queue.aclose()
+
     def forget_queue(self, url: str) -> None:
+        """Read the queue's attributes again next time (its redrive policy changed)."""
         self._queues.pop(url, None)
+        self._opened.pop(url, None)
 
 
 class GlobalsCache:
@@ -158,10 +179,12 @@ class Hints:
             self._items.pop(next(iter(self._items)))
 
 
-def check_queue_url(url: Any) -> str:
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+def check_queue_target(target: Any) -> str:
+    """A queue URL (``https://sqs.<region>.amazonaws.com/<account>/<name>``) or a
+    queue URI (``sqs://name``, ``dynamodb://table?queue=name``)."""
+    if not isinstance(target, str) or "://" not in target:
         raise ValidationError(
-            f"queue_url must be an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/"
-            f"<name>), got {url!r:.200}"
+            "a queue is an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>) "
+            f"or a queue URI (sqs://<name>, dynamodb://<table>?queue=<name>), got {target!r:.200}"
         )
-    return url
+    return target

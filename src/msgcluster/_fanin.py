@@ -52,6 +52,7 @@ from ._schemas import (
     Status,
     StatusCode,
 )
+from .queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -452,12 +453,17 @@ async def send_event(
         return
     url = record.completion_queue_url or record.url
     body = _event_encoder.encode(ClusterEventEnvelope(pk=record.pk, rk=record.rk, url=record.url))
-    fields: dict[str, Any] = {"QueueUrl": url, "MessageBody": body.decode()}
-    if url.endswith(".fifo"):
-        fields["MessageGroupId"] = record.id or record.pk
-        fields["MessageDeduplicationId"] = f"{record.id}-complete-{now // EVENT_RESEND_SECONDS}"
-    with aws_errors(resource=url):
-        await ctx.sqs.send_message(**fields)
+    queue = await ctx.queue(url)
+    message = QueueMessage(body=body)
+    if queue.capabilities.fifo:
+        message = QueueMessage(
+            body=body,
+            group_id=record.id or record.pk,
+            dedup_id=f"{record.id}-complete-{now // EVENT_RESEND_SECONDS}",
+        )
+    (sent,) = await queue.send([message])
+    if sent.error is not None:
+        raise sent.error
     key = record.key
     try:
         with aws_errors(resource=ctx.table):

@@ -16,17 +16,17 @@ import anyio
 import msgspec
 
 from . import _payloads
-from ._batching import Backoff, gather_limited, iter_chunks, pack_by_size
+from ._batching import gather_limited, iter_chunks
 from ._context import iso_now
 from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import (
+    AwsConnectionError,
     AwsError,
     ConditionFailedError,
     MsgclusterError,
     RecordNotFoundError,
     ValidationError,
     aws_errors,
-    is_definitely_not_applied,
     is_sender_fault,
 )
 from ._incoming import SqsMessage, classify, normalize
@@ -42,6 +42,7 @@ from ._schemas import (
     RecordKey,
     Status,
 )
+from .queues._portable import is_retryable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Iterable, Sequence
@@ -60,7 +61,6 @@ __all__ = [
 
 log = logging.getLogger("msgcluster")
 
-SEND_BATCH_MAX: Final = 10
 # Bodies are streamed in windows: records for a window are written, then its
 # messages sent, so memory stays bounded for any number of bodies.
 WINDOW: Final = 500
@@ -100,19 +100,18 @@ async def send_message(
             Item=entry.item,
             ConditionExpression="attribute_not_exists(pk)",
         )
-    try:
-        with aws_errors(resource=queue_url):
-            await ctx.sqs.send_message(QueueUrl=queue_url, **entry.sqs_fields())
-    except MsgclusterError as exc:
-        if is_definitely_not_applied(exc):
-            await _discard(ctx, [entry])
-        elif isinstance(exc, AwsError):
-            # The message may have been queued: the record is kept, and the
-            # caller gets its key to follow up.
-            exc.record_key = entry.key
-            exc.args = (f"{exc} (the message may have been sent; record {entry.key.pk} kept)",)
-        raise
-    return entry.key
+    ((_, outcome),) = await send_entries(ctx, queue_url, [entry])
+    if isinstance(outcome, str):
+        return entry.key
+    exc = outcome.error
+    if not maybe_sent(exc):
+        await _discard(ctx, [entry])
+    elif isinstance(exc, AwsError):
+        # The message may have been queued: the record is kept, and the
+        # caller gets its key to follow up.
+        exc.record_key = entry.key
+        exc.args = (f"{exc} (the message may have been sent; record {entry.key.pk} kept)",)
+    raise exc
 
 
 async def send_message_batch(
@@ -201,24 +200,22 @@ async def _send_window(
     failures: list[EntryFailure],
     done: anyio.Event,
 ) -> None:
-    """SendMessageBatch (10 entries, <= 1 MiB each) concurrently; unsent records removed."""
+    """Send through the queue layer (split by the queue's limits, concurrent,
+    failed entries retried); records of what was definitely not sent removed."""
     try:
-        groups = pack_by_size(
-            ready,
-            max_count=SEND_BATCH_MAX,
-            max_bytes=ctx.settings.max_batch_bytes,
-            size_of=lambda entry: entry.size,
-        )
-        calls = [partial(_send_group, ctx, info.url, group) for group in groups]
         not_sent: list[Prepared] = []
-        for outcomes in await gather_limited(ctx.limiter, calls):
-            for entry, outcome in outcomes:
-                if isinstance(outcome, str):
-                    sent[entry.index] = (entry.key, outcome)
-                else:
-                    failures.append(outcome)
-                    if not outcome.maybe_sent:
-                        not_sent.append(entry)
+        for entry, outcome in await send_entries(ctx, info.url, ready):
+            if isinstance(outcome, str):
+                sent[entry.index] = (entry.key, outcome)
+                continue
+            error, maybe = outcome.error, maybe_sent(outcome.error)
+            # Retryable (throttled, a server fault) but still failing: not the sender's.
+            blame = not maybe and not is_retryable(error)
+            failures.append(
+                _failure(entry.index, entry.key, error, maybe_sent=maybe, sender_fault=blame)
+            )
+            if not maybe:
+                not_sent.append(entry)
         await _discard(ctx, not_sent)
     finally:
         done.set()
@@ -262,67 +259,50 @@ async def _write_records(
     return [entry for entry in entries if entry.index not in failed]
 
 
-async def _send_group(
-    ctx: Context, queue_url: str, group: list[Prepared], backoff: Backoff | None = None
-) -> list[tuple[Prepared, str | EntryFailure]]:
-    """One SendMessageBatch, retrying entries AWS failed without blaming the sender.
+class _Refused:
+    """A send that did not go through: the error the queue reported for it."""
 
-    Request-level errors are not retried here: botocore's retry mode already
-    did. An entry whose request got no answer is reported ``maybe_sent``.
-    """
-    backoff = backoff or Backoff()
-    pending = {str(position): entry for position, entry in enumerate(group)}
-    outcomes: list[tuple[Prepared, str | EntryFailure]] = []
-    last: dict[str, tuple[str, str]] = {}
-    for attempt in range(backoff.attempts):
-        entries = [{"Id": ident, **entry.sqs_fields()} for ident, entry in pending.items()]
-        try:
-            with aws_errors(resource=queue_url):
-                response = await ctx.sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
-        except AwsError as exc:
-            maybe = not is_definitely_not_applied(exc)
-            for entry in pending.values():
-                outcomes.append((entry, _failure(entry.index, entry.key, exc, maybe_sent=maybe)))
-            return outcomes
-        for success in response.get("Successful", []):
-            entry = pending.pop(success["Id"])
-            outcomes.append((entry, success["MessageId"]))
-        for failed in response.get("Failed", []):
-            code, text = failed.get("Code", ""), failed.get("Message", "")
-            if failed.get("SenderFault", False):
-                entry = pending.pop(failed["Id"])
-                # key=None: the caller removes the record of an entry not sent.
-                failure = EntryFailure(
-                    index=entry.index, key=None, code=code, message=text, sender_fault=True
-                )
-                outcomes.append((entry, failure))
-            else:
-                last[failed["Id"]] = (code, text)
-        if not pending:
-            return outcomes
-        await backoff.sleep(attempt)
-    for ident, entry in pending.items():
-        code, text = last.get(ident, ("InternalError", "entry kept failing"))
-        outcomes.append(
-            (
-                entry,
-                EntryFailure(
-                    index=entry.index,
-                    key=None,
-                    code=code,
-                    message=f"{text} (gave up after {backoff.attempts} attempts)",
-                    sender_fault=False,
-                ),
-            )
-        )
-    return outcomes
+    __slots__ = ("error",)
+
+    def __init__(self, error: MsgclusterError) -> None:
+        self.error = error
+
+
+def maybe_sent(error: BaseException) -> bool:
+    """A request that got no answer may have been applied; a refusal was not."""
+    return isinstance(error, AwsConnectionError)
+
+
+async def send_entries(
+    ctx: Context, target: str, entries: Sequence[Prepared]
+) -> list[tuple[Prepared, str | _Refused]]:
+    """Send prepared entries to the queue at ``target`` through the queue layer:
+    per entry, its message id or what refused it."""
+    if not entries:
+        return []
+    queue = await ctx.queue(target)
+    results = await queue.send([entry.outgoing() for entry in entries])
+    out: list[tuple[Prepared, str | _Refused]] = []
+    for entry, result in zip(entries, results, strict=True):
+        if result.id is not None and result.error is None:
+            out.append((entry, result.id))
+        else:
+            error = result.error or MsgclusterError("the queue reported neither an id nor an error")
+            out.append((entry, _Refused(error)))
+    return out
 
 
 def _failure(
-    index: int, key: RecordKey | None, exc: MsgclusterError, *, maybe_sent: bool = False
+    index: int,
+    key: RecordKey | None,
+    exc: MsgclusterError,
+    *,
+    maybe_sent: bool = False,
+    sender_fault: bool | None = None,
 ) -> EntryFailure:
     code = getattr(exc, "code", "") or type(exc).__name__
-    sender_fault = is_sender_fault(exc)
+    if sender_fault is None:
+        sender_fault = is_sender_fault(exc)
     return EntryFailure(
         index=index,
         key=key if maybe_sent else None,

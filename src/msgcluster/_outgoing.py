@@ -8,6 +8,7 @@ and the envelope bytes, so the send path does no further encoding.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -29,6 +30,7 @@ from ._schemas import (
     new_message_key,
 )
 from .queues._checks import check_attribute, check_attribute_name
+from .queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
     from ._context import Context, QueueInfo
@@ -118,18 +120,26 @@ class Prepared:
         }
         self.attributes_size += len(EXTENDED_SIZE_ATTRIBUTE) + len("Number") + len(size)
 
-    def sqs_fields(self) -> dict[str, Any]:
-        """Keyword arguments shared by SendMessage and a SendMessageBatch entry."""
-        fields: dict[str, Any] = {"MessageBody": self.envelope.decode()}
-        if self.delay_seconds:
-            fields["DelaySeconds"] = self.delay_seconds
-        if self.attributes:
-            fields["MessageAttributes"] = self.attributes
-        if self.group_id is not None:
-            fields["MessageGroupId"] = self.group_id
-        if self.dedup_id is not None:
-            fields["MessageDeduplicationId"] = self.dedup_id
-        return fields
+    def outgoing(self) -> QueueMessage:
+        """The entry as the queue layer sends it (typed attributes kept)."""
+        attributes: dict[str, str] = {}
+        types: dict[str, str] = {}
+        for name, attr in self.attributes.items():
+            data_type = attr["DataType"]
+            if "BinaryValue" in attr:
+                attributes[name] = base64.b64encode(attr["BinaryValue"]).decode("ascii")
+            else:
+                attributes[name] = attr["StringValue"]
+            if data_type != "String":
+                types[name] = data_type
+        return QueueMessage(
+            body=self.envelope,
+            attributes=attributes,
+            attribute_types=types,
+            group_id=self.group_id,
+            dedup_id=self.dedup_id,
+            delay_seconds=self.delay_seconds or None,
+        )
 
 
 def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:

@@ -15,7 +15,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ._batching import Backoff, chunked
+from ._batching import Backoff
 from ._clusterkeys import TaskRef, cluster_key, shard_key
 from ._context import iso_now
 from ._dynamo import key_attrs
@@ -29,6 +29,7 @@ from ._errors import (
 from ._itemcodec import decode_item
 from ._payloads import fetch
 from ._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
+from .queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -65,25 +66,22 @@ async def redrive(ctx: Context, cid: str, shard: int, items: list[dict[str, Any]
         return 0
     await _uncount(ctx, cid, shard, list(bodies))
     url = items[0]["url"]["S"]
-    fifo = url.endswith(".fifo")
-    for chunk in chunked(list(bodies.items()), 10):
-        entries = []
-        for position, (key, body) in enumerate(chunk):
-            entry: dict[str, Any] = {"Id": str(position), "MessageBody": body}
-            if fifo:
-                task_id = TaskRef(key).task_id
-                entry["MessageGroupId"] = task_id
-                entry["MessageDeduplicationId"] = f"{task_id}:redrive:{uuid.uuid4().hex[:12]}"
-            entries.append(entry)
-        with aws_errors(resource=url):
-            response = await ctx.sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
-        if response.get("Failed"):
-            raise ClusterError(
-                f"redrive of cluster {cid}: {len(response['Failed'])} task(s) were reset but "
-                f"not sent ({response['Failed'][0].get('Code')}); they are PRE FLIGHT and listed "
-                "by incomplete_tasks",
-                cluster_id=cid,
-            )
+    queue = await ctx.queue(url)
+    messages = []
+    for key, body in bodies.items():
+        if queue.capabilities.fifo:
+            task_id = TaskRef(key).task_id
+            dedup = f"{task_id}:redrive:{uuid.uuid4().hex[:12]}"
+            messages.append(QueueMessage(body=body, group_id=task_id, dedup_id=dedup))
+        else:
+            messages.append(QueueMessage(body=body))
+    failed = [result for result in await queue.send(messages) if result.error is not None]
+    if failed:
+        raise ClusterError(
+            f"redrive of cluster {cid}: {len(failed)} task(s) were reset but not sent "
+            f"({failed[0].error}); they are PRE FLIGHT and listed by incomplete_tasks",
+            cluster_id=cid,
+        )
     return len(bodies)
 
 

@@ -51,7 +51,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Messages whose encoded envelope is larger go to S3; SQS's own cap is
     # 1 MiB for new queues, but 256 KiB is the limit every queue accepts.
     max_message_bytes: int = SQS_MAX_MESSAGE_BYTES
-    max_batch_bytes: int = SQS_MAX_BATCH_BYTES
     max_meta_bytes: int = 32_768
     # Bodies up to this size are copied onto the record for the console;
     # larger ones are not (every KB on an item costs a WCU per write).
@@ -99,8 +98,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_message_bytes > SQS_MAX_BATCH_BYTES:
             raise ConfigurationError("max_message_bytes cannot exceed SQS's 1 MiB limit")
-        if self.max_batch_bytes > SQS_MAX_BATCH_BYTES or self.max_batch_bytes < 1:
-            raise ConfigurationError("max_batch_bytes must be between 1 and 1,048,576")
 
     def require_bucket(self, why: str) -> str:
         if not self.bucket:

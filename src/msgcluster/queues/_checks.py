@@ -8,6 +8,8 @@ returned for the caller to put in that entry's result.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections.abc import Sequence
@@ -55,6 +57,7 @@ class PreparedMessage(NamedTuple):
     dedup_id: str | None
     delay_seconds: float | None
     size: int
+    attribute_types: dict[str, str] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 def check_send_batch(messages: Sequence[object], capabilities: Capabilities) -> None:
@@ -120,7 +123,11 @@ def prepare_message(
     MessageTooLargeError) saying what is wrong with it."""
     message = item if isinstance(item, OutgoingMessage) else OutgoingMessage(body=item)  # type: ignore[arg-type]
     body = _body_bytes(message.body)
-    attributes = _checked_attributes(message.attributes, capabilities)
+    # The Extended Client's size attribute belongs on its pointer, and only there.
+    pointer = body[:1] == b"[" and _is_pointer(body)
+    attributes = _checked_attributes(
+        message.attributes, capabilities, message.attribute_types, extended=pointer
+    )
     size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
     if size > capabilities.max_body_bytes:
         raise MessageTooLargeError(
@@ -134,7 +141,13 @@ def prepare_message(
             f"delay_seconds must be from 0 to {capabilities.max_delay_seconds:g}, got {delay}"
         )
     return PreparedMessage(
-        body, attributes, message.group_id, message.dedup_id, message.delay_seconds, size
+        body,
+        attributes,
+        message.group_id,
+        message.dedup_id,
+        message.delay_seconds,
+        size,
+        message.attribute_types,
     )
 
 
@@ -149,19 +162,45 @@ def _body_bytes(body: object) -> bytes:
     raise ValidationError(f"a message body is bytes or str, not {type(body).__name__}")
 
 
-def _checked_attributes(attributes: object, capabilities: Capabilities) -> dict[str, str]:
+def _is_pointer(body: bytes) -> bool:
+    from .._payloads import parse_pointer
+
+    try:
+        return parse_pointer(body.decode(), {}) is not None
+    except UnicodeDecodeError:
+        return False
+
+
+def _checked_attributes(
+    attributes: object, capabilities: Capabilities, types: object = None, *, extended: bool = False
+) -> dict[str, str]:
     if not isinstance(attributes, dict):
         raise ValidationError("attributes must be a dict of str to str")
     if len(attributes) > capabilities.max_attributes:
         raise ValidationError(
             f"at most {capabilities.max_attributes} attributes per message, got {len(attributes)}"
         )
+    types = types or {}
+    if not isinstance(types, dict) or not set(types) <= set(attributes):
+        raise ValidationError("attribute_types names attributes the message does not have")
     for name, value in attributes.items():
-        check_attribute_name(name)
+        if not (extended and isinstance(name, str) and name.lower() in RESERVED_ATTRIBUTE_NAMES):
+            check_attribute_name(name)
         if not isinstance(value, str):
             raise ValidationError(f"attribute {name!r} must be a non-empty str")
-        check_attribute(name, "String", value)
+        data_type = types.get(name, "String")
+        if isinstance(data_type, str) and data_type.startswith("Binary"):
+            check_attribute(name, data_type, _base64(name, value))
+        else:
+            check_attribute(name, data_type, value)
     return attributes
+
+
+def _base64(name: str, value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise ValidationError(f"attribute {name!r} is Binary: its value must be base64") from exc
 
 
 def check_attribute_name(

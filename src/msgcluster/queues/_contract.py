@@ -39,6 +39,9 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     ``dedup_id`` drops repeats on FIFO queues within 5 minutes (required there
     unless the queue deduplicates by content). ``delay_seconds`` overrides the
     queue's default delay (standard queues only); None keeps the default.
+    ``attribute_types`` gives an attribute SQS's data type (``Number``,
+    ``Binary`` with its value base64-encoded, or a custom ``String.x``); the
+    default is ``String``. Backends that do not type attributes keep the text.
     """
 
     body: bytes | str
@@ -46,6 +49,7 @@ class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
     group_id: str | None = None
     dedup_id: str | None = None
     delay_seconds: float | None = None
+    attribute_types: dict[str, str] = {}
 
 
 class ReceivedMessage(msgspec.Struct, frozen=True, kw_only=True):

@@ -159,10 +159,14 @@ class PortableQueue:
                     out[index] = SendResult(index=index, error=exc)
                 return
             retry = []
+            last = attempt + 1 >= self._backoff.attempts
             for (index, message), result in zip(pending, sent, strict=True):
                 out[index] = _reindexed(result, index)
-                if is_retryable(result.error) and attempt + 1 < self._backoff.attempts:
-                    retry.append((index, message))
+                if is_retryable(result.error):
+                    if not last:
+                        retry.append((index, message))
+                    elif result.error is not None:
+                        _gave_up(result.error, self._backoff.attempts)
             if not retry:
                 return
             pending = retry
@@ -288,7 +292,13 @@ class PortableQueue:
                     else AckResult(index=index, id=result.id, error=result.error)
                 )
             retry = [index for index in pending if is_retryable(out[index].error)]
-            if not retry or attempt + 1 >= self._backoff.attempts:
+            if retry and attempt + 1 >= self._backoff.attempts:
+                for index in retry:
+                    error = out[index].error
+                    if error is not None:
+                        _gave_up(error, self._backoff.attempts)
+                return
+            if not retry:
                 return
             pending = retry
             await self._backoff.sleep(attempt)
@@ -341,6 +351,11 @@ def _size_of(message: Any) -> int:
         for name, value in attributes.items():
             size += len(str(name)) + len(str(value)) + _ATTRIBUTE_OVERHEAD
     return size
+
+
+def _gave_up(error: MsgclusterError, attempts: int) -> None:
+    # The entry's own error (a fresh one per entry), saying it was retried.
+    error.args = (f"{error} (gave up after {attempts} attempts)",)
 
 
 def _reindexed(result: SendResult, index: int) -> SendResult:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import (
     AwsError,
+    AwsValidationError,
     MessageTooLargeError,
     MsgclusterError,
     QueueURIError,
@@ -137,7 +138,7 @@ class SqsQueue(QueueHandle):
                 # A local endpoint's queue URL: talk to that endpoint.
                 local = url.split("/", 3)[0] + "//" + url.split("/", 3)[2]
             self._client = await self._own_client("sqs", self._params, local)
-        with aws_errors(resource=f"sqs://{self.name}"):
+        with aws_errors(resource=url or f"sqs://{self.name}"):
             if url is None:
                 request: dict[str, Any] = {"QueueName": self.name}
                 if "account" in self._params:
@@ -228,7 +229,8 @@ class SqsQueue(QueueHandle):
                 results[i] = SendResult(index=i, id=ok["MessageId"])
             for failed in response.get("Failed", []):
                 i = int(failed["Id"])
-                results[i] = SendResult(index=i, error=_entry_error(failed, self.url))
+                error = _entry_error(failed, self.url, receipts=False)
+                results[i] = SendResult(index=i, error=error)
         return [results[i] for i in range(len(prepared))]
 
     # --------------------------------------------------------------- receive
@@ -414,7 +416,8 @@ def _entry(
     entry: dict[str, Any] = {"Id": str(index), "MessageBody": body}
     if attributes:
         entry["MessageAttributes"] = {
-            name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+            name: _attribute(value, message.attribute_types.get(name, "String"))
+            for name, value in attributes.items()
         }
     if message.group_id is not None:
         entry["MessageGroupId"] = message.group_id
@@ -423,6 +426,12 @@ def _entry(
     if message.delay_seconds is not None:
         entry["DelaySeconds"] = math.ceil(message.delay_seconds)
     return entry, size
+
+
+def _attribute(value: str, data_type: str) -> dict[str, Any]:
+    if data_type.startswith("Binary"):
+        return {"DataType": data_type, "BinaryValue": base64.b64decode(value)}
+    return {"DataType": data_type, "StringValue": value}
 
 
 def _encode_body(body: bytes) -> tuple[str, str | None]:
@@ -474,11 +483,13 @@ def _received(message: dict[str, Any]) -> ReceivedMessage:
     )
 
 
-def _entry_error(failed: dict[str, Any], url: str) -> MsgclusterError:
+def _entry_error(failed: dict[str, Any], url: str, *, receipts: bool = True) -> MsgclusterError:
+    """A ``Failed`` entry as msgcluster's error: a stale receipt (acks and
+    visibility changes), a refusal AWS blames on the sender, or a server fault."""
     code = failed.get("Code", "")
-    text_ = f"{code}: {failed.get('Message', '')} ({url})"
-    if code in _RECEIPT_CODES:
-        return ReceiptError(text_)
+    text_ = f"{failed.get('Message', '')} ({url})"
+    if receipts and code in _RECEIPT_CODES:
+        return ReceiptError(f"{code}: {text_}")
     if failed.get("SenderFault"):
-        return ValidationError(text_)
+        return AwsValidationError(text_, code=code)
     return AwsError(text_, code=code)
