@@ -21,8 +21,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 import msgcluster
-from msgcluster import _moto_patch, local
-from msgcluster.local import LocalAWS, LocalAWSError
+from msgcluster import local
+from msgcluster.local import LocalAWS, LocalAWSError, _sqs_patch
 
 moto_models = pytest.importorskip("moto.sqs.models")
 
@@ -531,22 +531,22 @@ def scan_counter(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 @pytest.fixture
 def patched() -> Any:
-    was_applied = _moto_patch.is_applied()
-    _moto_patch.apply()
-    assert _moto_patch.is_applied()
+    was_applied = _sqs_patch.is_applied()
+    _sqs_patch.apply()
+    assert _sqs_patch.is_applied()
     yield
     if not was_applied:
-        _moto_patch.revert()
+        _sqs_patch.revert()
 
 
 @pytest.fixture
 def unpatched() -> Any:
-    was_applied = _moto_patch.is_applied()
-    _moto_patch.revert()
-    assert not _moto_patch.is_applied()
+    was_applied = _sqs_patch.is_applied()
+    _sqs_patch.revert()
+    assert not _sqs_patch.is_applied()
     yield
     if was_applied:
-        _moto_patch.apply()
+        _sqs_patch.apply()
 
 
 def _scans_per_operation(calls: Counter[str], depth: int) -> dict[str, int]:
@@ -606,21 +606,21 @@ def test_unpatched_moto_still_scans(scan_counter: Counter[str]) -> None:
 
 
 def test_apply_is_idempotent_and_revertible() -> None:
-    was_applied = _moto_patch.is_applied()
+    was_applied = _sqs_patch.is_applied()
     original = Queue.__dict__["delete_message"] if not was_applied else None
     try:
-        _moto_patch.apply()
+        _sqs_patch.apply()
         patched_delete = Queue.__dict__["delete_message"]
-        _moto_patch.apply()
+        _sqs_patch.apply()
         assert Queue.__dict__["delete_message"] is patched_delete
-        assert _moto_patch.is_applied()
-        _moto_patch.revert()
-        assert not _moto_patch.is_applied()
+        assert _sqs_patch.is_applied()
+        _sqs_patch.revert()
+        assert not _sqs_patch.is_applied()
         if original is not None:
             assert Queue.__dict__["delete_message"] is original
     finally:
         if was_applied:
-            _moto_patch.apply()
+            _sqs_patch.apply()
 
 
 @pytest.mark.usefixtures("unpatched")
@@ -629,8 +629,8 @@ def test_apply_refuses_other_moto_versions(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(moto, "__version__", "5.3.0")
     with pytest.raises(RuntimeError, match=r"moto 5\.3\.0 is outside the supported range"):
-        _moto_patch.apply()
-    assert not _moto_patch.is_applied()
+        _sqs_patch.apply()
+    assert not _sqs_patch.is_applied()
 
 
 @pytest.mark.usefixtures("unpatched")
@@ -641,17 +641,17 @@ def test_apply_refuses_changed_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Queue, "delete_message", delete_message)
     monkeypatch.setattr(Queue, "BASE_ATTRIBUTES", ["QueueArn"])
     with pytest.raises(RuntimeError) as info:
-        _moto_patch.apply()
+        _sqs_patch.apply()
     message = str(info.value)
     assert "Queue.delete_message signature changed" in message
     assert "BASE_ATTRIBUTES" in message
-    assert not _moto_patch.is_applied()
+    assert not _sqs_patch.is_applied()
 
 
 @pytest.mark.usefixtures("patched")
 def test_lazy_attributes_match_moto(scan_counter: Counter[str]) -> None:
     backend = SQSBackend("us-east-1", "123456789012")
-    original = _moto_patch._originals[(Queue, "attributes")].fget
+    original = _sqs_patch._originals[(Queue, "attributes")].fget
     plain = backend.create_queue("plain")
     fifo = backend.create_queue(
         "lazy.fifo", FifoQueue="true", KmsMasterKeyId="alias/k", ContentBasedDeduplication="true"

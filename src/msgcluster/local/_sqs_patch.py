@@ -1,7 +1,7 @@
 """Make moto's SQS backend cost independent of queue depth.
 
 Targets ``moto>=5.2.5,<5.3`` (see ``SUPPORTED_MOTO``). Applied by
-:mod:`msgcluster._moto_child` inside the local server process only; nothing in
+:mod:`msgcluster.local._child` inside the local server process only; nothing in
 the library imports it otherwise.
 
 Why

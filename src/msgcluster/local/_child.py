@@ -1,8 +1,8 @@
 """Entry point of the local AWS server process started by :class:`msgcluster.local.LocalAWS`.
 
-``python -m msgcluster._moto_child --host 127.0.0.1 --port 0 [--no-patch] [--keep-alive]``
+``python -m msgcluster.local._child --host 127.0.0.1 --port 0 [--no-patch] [--keep-alive]``
 
-The child applies :mod:`msgcluster._moto_patch` (unless ``--no-patch``), binds
+The child applies :mod:`msgcluster.local._sqs_patch` (unless ``--no-patch``), binds
 the port (0 = any free port), then prints one line on stdout::
 
     msgcluster-moto ready host=127.0.0.1 port=40123 patched=1 keep_alive=0 pid=1234
@@ -172,7 +172,7 @@ def _watch_parent(stop: Callable[[], None], parent_pid: int) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m msgcluster._moto_child")
+    parser = argparse.ArgumentParser(prog="python -m msgcluster.local._child")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-patch", dest="patch", action="store_false")
@@ -198,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_MISSING_DEPENDENCY
 
-    from msgcluster import _moto_ddb_patch, _moto_patch
+    from msgcluster.local import _dynamodb_patch, _sqs_patch
 
     if args.patch:
-        _moto_patch.apply()
-        _moto_ddb_patch.apply()
+        _sqs_patch.apply()
+        _dynamodb_patch.apply()
 
     handler, keep_alive_handler = _handler_classes(args.log_requests)
     app = DomainDispatcherApplication(create_backend_app)
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         _watch_parent(stop, parent_pid)
 
     print(
-        f"{READY_PREFIX} host={args.host} port={port} patched={int(_moto_patch.is_applied())}"
+        f"{READY_PREFIX} host={args.host} port={port} patched={int(_sqs_patch.is_applied())}"
         f" keep_alive={int(args.keep_alive)} pid={os.getpid()}",
         flush=True,
     )

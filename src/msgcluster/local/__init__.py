@@ -10,7 +10,7 @@ foreground until Ctrl-C / SIGTERM.
 
 The server runs ``moto_server`` in a child process (client and server then use
 separate cores), on a free loopback port by default, with
-:mod:`msgcluster._moto_patch` applied in the child so SQS calls cost the same
+:mod:`msgcluster.local._sqs_patch` applied in the child so SQS calls cost the same
 at any queue depth. The child exits when :meth:`LocalAWS.stop` is called, when
 the interpreter exits, or when this process dies.
 """
@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 
 from msgcluster._errors import ConfigurationError
-from msgcluster._moto_child import EXIT_MISSING_DEPENDENCY, INSTALL_HINT, READY_PREFIX
+from msgcluster.local._child import EXIT_MISSING_DEPENDENCY, INSTALL_HINT, READY_PREFIX
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -52,7 +52,7 @@ __all__ = ["DEFAULT_KEEP_ALIVE", "LocalAWS", "LocalAWSError", "main"]
 #: single error, and it is faster on moto 5.2.5 / 2 cores (8 concurrent workers:
 #: SendMessageBatch ~2,800 vs ~2,100 msgs/s, receive+delete ~1,150 vs ~1,000
 #: msgs/s; sequential calls ~250 vs ~230 req/s). It also avoids thousands of
-#: sockets in TIME_WAIT during long runs. See ``_moto_child.KeepAliveHandler``.
+#: sockets in TIME_WAIT during long runs. See ``_child.KeepAliveHandler``.
 DEFAULT_KEEP_ALIVE: Final = True
 
 _REQUIRED_MODULES: Final = ("moto", "werkzeug", "flask", "flask_cors")
@@ -248,7 +248,7 @@ class LocalAWS:
         cmd = [
             sys.executable,
             "-m",
-            "msgcluster._moto_child",
+            "msgcluster.local._child",
             "--host",
             self.host,
             "--port",
@@ -451,7 +451,3 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    main()
