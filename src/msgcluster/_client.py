@@ -499,7 +499,8 @@ class Client:
         """Record every tracked message in a dead-letter queue as failed, if it is
         not final yet: one whose consumer died on its last receive was moved
         there by SQS unrecorded (a cluster task uncounted: its cluster would
-        never complete). Nothing is deleted; safe to run again. See
+        never complete). Nothing is deleted; safe to run again. ``dlq_url`` is
+        the DLQ's URL or URI (a ``dynamodb://`` DLQ works too). See
         ``docs/clusters.md``."""
         return await _dead_letters.reconcile_dead_letters(
             self.ctx, dlq_url, visibility_timeout=visibility_timeout, limit=limit

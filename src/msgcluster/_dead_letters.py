@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import _consume, _messages, _records
-from ._errors import EnvelopeError, RecordError, aws_errors
+from ._errors import EnvelopeError, RecordError
 from ._schemas import Status
 
 if TYPE_CHECKING:
@@ -55,20 +55,15 @@ async def reconcile_dead_letters(
     """
     report = DeadLetterReport()
     seen: set[str] = set()
+    queue = await ctx.queue(dlq_url)
     while limit is None or report.seen < limit:
-        with aws_errors(resource=dlq_url):
-            response = await ctx.sqs.receive_message(
-                QueueUrl=dlq_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=0,
-                VisibilityTimeout=visibility_timeout,
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
-        fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        batch = await queue.receive(
+            queue.capabilities.max_receive_batch, 0, visibility_timeout=visibility_timeout
+        )
+        fresh = [m for m in batch if m.id not in seen]
         if not fresh:
             break
-        seen.update(m["MessageId"] for m in fresh)
+        seen.update(m.id for m in fresh)
         report.seen += len(fresh)
         await _reconcile_batch(ctx, fresh, report)
     return report
