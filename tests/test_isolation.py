@@ -305,3 +305,42 @@ async def test_an_empty_body_never_reaches_sqs_empty(
     assert mc.read_sqs_record(message).body == ""
     assert mc.read_sqs_record(message).key == key
     assert proxy.count("SendMessageBatch", 400) + proxy.count("SendMessage", 400) == 0
+
+
+async def test_an_undecodable_cluster_task_is_counted_as_failed_alone(
+    mc: msgcluster.Client, queue_url: str, names: dict[str, str]
+) -> None:
+    """A task whose body does not decode is dead-lettered at once and counted as
+    failed, so its cluster still completes (here within its tolerance) and the
+    callback runs once."""
+    tasks: list[Any] = [Job(n) for n in range(6)]
+    tasks[3] = {"n": "three"}
+    key = await mc.create_message_cluster(url=queue_url, tasks=tasks, tolerated_failures=1)
+    app = App(client=mc)
+    seen: list[int] = []
+    callbacks: list[tuple[str, int, int]] = []
+
+    @app.handler(Job)
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+
+    @app.on_cluster_complete
+    async def done(cluster: msgcluster.MessageClusterRecord, get_globals: Any) -> None:
+        callbacks.append((cluster.status.value, cluster.completed, cluster.failed))
+
+    stats = await Worker(
+        app,
+        f"sqs://{names['queue']}",
+        burst=True,
+        wait_seconds=1,
+        handle_signals=False,
+        queue_options={"client": mc.sqs},
+    ).run()
+    assert sorted(seen) == [0, 1, 2, 4, 5]
+    assert stats[Outcome.DEAD_LETTERED] == 1
+    assert callbacks == [("COMPLETE", 5, 1)]
+    record = await mc.get_message_cluster(key, consistent_read=True)
+    assert (record.completed, record.failed) == (5, 1)
+    (failed,) = [task async for task in mc.failed_tasks(key)]
+    assert failed.error[-1].type == "BodyDecodeError"
+    assert await queue_depth(mc, await dlq_of(mc, names)) == 1
