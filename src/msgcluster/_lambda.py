@@ -99,42 +99,107 @@ async def safe_process_batch(
     """Process a Lambda SQS event. ``ctx`` None (no Client): plain messages
     only; a tracked or offloaded one then fails alone, saying why."""
     messages = _records_of(event)
-    fifo = _is_fifo(messages) if fifo is None else fifo
-    everything = [_Item(classify(message)) for message in messages]
-    for item in everything:
-        if item.error is not None:
-            log.warning("message %s cannot be processed: %s", item.message.id, item.error)
-        elif ctx is None and item.key is not None:
-            item.error = ConfigurationError(
-                f"message {item.message.id} is tracked (sent with Client.send_message or a "
-                "cluster task): reading it needs a Client, App(client=msgcluster.Client(...))"
-            )
+    everything = [_read(ctx, message) for message in messages]
+    items, copies = _first_deliveries(everything)
+    done = await _already_done(ctx, items)
+    batch = _Batch(ctx, process_record, body_type, concurrency)
+    await batch.run(items, fifo=_is_fifo(messages) if fifo is None else fifo)
+    if ctx is not None:
+        await _complete(ctx, [i for i in items if i.ok and i.key is not None and i.key not in done])
+        failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
+        await _record_failures(ctx, batch.limiter, failed)
+    for copy, first in copies:
+        copy.ok, copy.error = first.ok, first.error
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": item.message.id} for item in everything if not item.ok
+        ]
+    }
 
-    # The same message twice in one batch (duplicate delivery) runs once; the
-    # copies share its outcome.
+
+def _read(ctx: Context | None, message: SqsMessage) -> _Item:
+    item = _Item(classify(message))
+    if item.error is not None:
+        log.warning("message %s cannot be processed: %s", message.id, item.error)
+    elif ctx is None and item.key is not None:
+        item.error = ConfigurationError(
+            f"message {message.id} is tracked (sent with Client.send_message or a "
+            "cluster task): reading it needs a Client, App(client=msgcluster.Client(...))"
+        )
+    return item
+
+
+def _first_deliveries(items: list[_Item]) -> tuple[list[_Item], list[tuple[_Item, _Item]]]:
+    """The same message twice in one batch (duplicate delivery) runs once; the
+    copies share its outcome."""
     originals: dict[object, _Item] = {}
     copies: list[tuple[_Item, _Item]] = []
-    items: list[_Item] = []
-    for item in everything:
+    firsts: list[_Item] = []
+    for item in items:
         identity = item.key if item.key is not None else item.message.id
         first = originals.setdefault(identity, item)
         if first is item:
-            items.append(item)
+            firsts.append(item)
         else:
             copies.append((item, first))
+    return firsts, copies
 
-    done: set[RecordKey] = set()
+
+async def _already_done(ctx: Context | None, items: list[_Item]) -> set[RecordKey]:
+    """Tracked messages already complete (one consistent BatchGetItem): skipped."""
     checked = [item for item in items if item.key is not None and item.error is None]
-    if checked and ctx is not None:
-        flags = await is_complete_batch(ctx, [item.key for item in checked])
-        done = {item.key for item, flag in zip(checked, flags, strict=True) if flag and item.key}
+    if not checked or ctx is None:
+        return set()
+    flags = await is_complete_batch(ctx, [item.key for item in checked])
+    done = {item.key for item, flag in zip(checked, flags, strict=True) if flag and item.key}
     for item in items:
         if item.key in done:
             item.ok = True
+    return done
 
-    async def run(item: _Item) -> None:
+
+class _Batch:
+    """Runs the records of one batch under a concurrency limit (FIFO groups in order)."""
+
+    def __init__(
+        self, ctx: Context | None, process_record: ProcessRecord, body_type: Any, concurrency: int
+    ) -> None:
+        self.ctx = ctx
+        self.process_record = process_record
+        self.body_type = body_type
+        self.limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def run(self, items: list[_Item], *, fifo: bool) -> None:
+        async with anyio.create_task_group() as tg:
+            if fifo:
+                groups: dict[str, list[_Item]] = {}
+                for item in items:
+                    groups.setdefault(item.message.group_id or "", []).append(item)
+                for group in groups.values():
+                    tg.start_soon(self._limited, self._run_group, group)
+            else:
+                for item in items:
+                    if not item.ok and item.error is None:
+                        tg.start_soon(self._limited, self._run_one, item)
+
+    async def _limited(self, func: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+        async with self.limiter:
+            await func(arg)
+
+    async def _run_group(self, group: list[_Item]) -> None:
+        failed = False
+        for item in group:
+            if failed:
+                item.error = item.error or _GroupBlocked()
+                continue
+            if not item.ok and item.error is None:
+                await self._run_one(item)
+            failed = item.error is not None
+
+    async def _run_one(self, item: _Item) -> None:
+        ctx = self.ctx
         try:
-            parsed = await load_incoming(ctx, item.incoming, body_type)
+            parsed = await load_incoming(ctx, item.incoming, self.body_type)
             item.incoming = _resolved(item.incoming, parsed)
             if parsed.kind is MessageKind.EVENT and ctx is not None and ctx.cluster_callbacks:
                 # A completion event, and this Client has the callback: run it
@@ -145,56 +210,15 @@ async def safe_process_batch(
                     ctx, cluster_id_of(parsed.key.pk), ctx.cluster_callbacks[0]
                 ):
                     raise RuntimeError("completion callback is running elsewhere; retry later")
-                item.ok = True
-                return
-            result = process_record(parsed)
-            if inspect.isawaitable(result):
-                await result
+            else:
+                result = self.process_record(parsed)
+                if inspect.isawaitable(result):
+                    await result
         except Exception as exc:
             item.error = exc
             log.warning("message %s failed: %s", item.message.id, exc, exc_info=exc)
             return
         item.ok = True
-
-    async def run_group(group: list[_Item]) -> None:
-        failed = False
-        for item in group:
-            if failed:
-                item.error = item.error or _GroupBlocked()
-                continue
-            if not item.ok and item.error is None:
-                await run(item)
-            failed = item.error is not None
-
-    limiter = anyio.CapacityLimiter(max(1, concurrency))
-
-    async def limited(func: Callable[..., Awaitable[None]], arg: Any) -> None:
-        async with limiter:
-            await func(arg)
-
-    async with anyio.create_task_group() as tg:
-        if fifo:
-            groups: dict[str, list[_Item]] = {}
-            for item in items:
-                groups.setdefault(item.message.group_id or "", []).append(item)
-            for group in groups.values():
-                tg.start_soon(limited, run_group, group)
-        else:
-            for item in items:
-                if not item.ok and item.error is None:
-                    tg.start_soon(limited, run, item)
-
-    if ctx is not None:
-        await _complete(ctx, [i for i in items if i.ok and i.key is not None and i.key not in done])
-        failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
-        await _record_failures(ctx, limiter, failed)
-    for copy, first in copies:
-        copy.ok, copy.error = first.ok, first.error
-    return {
-        "batchItemFailures": [
-            {"itemIdentifier": item.message.id} for item in everything if not item.ok
-        ]
-    }
 
 
 def _resolved(incoming: Incoming, parsed: ParsedRecord[Any]) -> Incoming:
