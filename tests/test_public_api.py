@@ -22,6 +22,7 @@ BY_NAME = {
     "Client",
     "ClusterCallback",
     "MessageKind",
+    "OutgoingMessage",  # msgcluster.queues', taken by the Client's batch sends too
     "Settings",
     "Task",
     "Worker",
@@ -117,6 +118,8 @@ def test_all_is_derived_from_the_public_api() -> None:
     assert msgcluster.App is msgcluster.worker.App
     assert msgcluster.Worker is msgcluster.worker.Worker
     assert msgcluster.open_queue is msgcluster.queues.open_queue
+    # One message type for the Client and the queue layer.
+    assert msgcluster.OutgoingMessage is msgcluster.queues.OutgoingMessage
 
 
 def test_every_error_is_a_msgcluster_error() -> None:

@@ -49,7 +49,6 @@ from ._schemas import (
     ErrorEntry,
     MessageClusterRecord,
     MessageRecord,
-    OutgoingMessage,
     RecordKey,
     RecordType,
     S3Pointer,
@@ -58,7 +57,7 @@ from ._schemas import (
     Task,
 )
 from ._settings import Settings
-from .queues import open_queue
+from .queues import OutgoingMessage, open_queue
 from .worker import App, Worker
 
 __version__ = "0.1.0"

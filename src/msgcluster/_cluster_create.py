@@ -50,7 +50,6 @@ from ._messages import send_entries
 from ._outgoing import Prepared, encode_json, needs_offload, prepare
 from ._schemas import (
     MessageClusterRecord,
-    OutgoingMessage,
     RecordKey,
     RecordType,
     S3Pointer,
@@ -59,6 +58,7 @@ from ._schemas import (
     StatusCode,
     TaskEnvelope,
 )
+from .queues._contract import OutgoingMessage
 
 if TYPE_CHECKING:
     from ._context import Context, QueueInfo

@@ -38,10 +38,10 @@ from ._schemas import (
     STATUS_CODES,
     ErrorEntry,
     MessageRecord,
-    OutgoingMessage,
     RecordKey,
     Status,
 )
+from .queues._contract import OutgoingMessage
 from .queues._portable import is_retryable
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ async def send_message(
         body=body,
         meta=meta,
         delay_seconds=delay_seconds,
-        attributes=attributes,
+        attributes=attributes or {},
         group_id=group_id,
         dedup_id=dedup_id,
     )
@@ -166,11 +166,11 @@ def _outgoing(item: Any, defaults: dict[str, Any]) -> OutgoingMessage:
         return msgspec.structs.replace(
             item,
             meta=item.meta if item.meta is not None else defaults["meta"],
-            attributes=item.attributes if item.attributes is not None else defaults["attributes"],
+            attributes=item.attributes or defaults["attributes"] or {},
             group_id=item.group_id if item.group_id is not None else defaults["group_id"],
             delay_seconds=item.delay_seconds or defaults["delay_seconds"],
         )
-    return OutgoingMessage(body=item, **defaults)
+    return OutgoingMessage(body=item, **(defaults | {"attributes": defaults["attributes"] or {}}))
 
 
 async def _write_window(

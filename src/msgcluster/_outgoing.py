@@ -8,8 +8,6 @@ and the envelope bytes, so the send path does no further encoding.
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,7 +19,6 @@ from ._payloads import EXTENDED_SIZE_ATTRIBUTE, pointer_body
 from ._schemas import (
     MessageEnvelope,
     MessageRecord,
-    OutgoingMessage,
     RecordKey,
     RecordType,
     S3Pointer,
@@ -29,8 +26,8 @@ from ._schemas import (
     StatusCode,
     new_message_key,
 )
-from .queues._checks import check_attribute, check_attribute_name
-from .queues._contract import OutgoingMessage as QueueMessage
+from .queues._checks import check_attribute, check_attribute_name, sqs_attribute
+from .queues._contract import OutgoingMessage
 
 if TYPE_CHECKING:
     from ._context import Context, QueueInfo
@@ -120,22 +117,11 @@ class Prepared:
         }
         self.attributes_size += len(EXTENDED_SIZE_ATTRIBUTE) + len("Number") + len(size)
 
-    def outgoing(self) -> QueueMessage:
-        """The entry as the queue layer sends it (typed attributes kept)."""
-        attributes: dict[str, str] = {}
-        types: dict[str, str] = {}
-        for name, attr in self.attributes.items():
-            data_type = attr["DataType"]
-            if "BinaryValue" in attr:
-                attributes[name] = base64.b64encode(attr["BinaryValue"]).decode("ascii")
-            else:
-                attributes[name] = attr["StringValue"]
-            if data_type != "String":
-                types[name] = data_type
-        return QueueMessage(
+    def outgoing(self) -> OutgoingMessage:
+        """The entry as the queue layer sends it (the envelope, typed attributes)."""
+        return OutgoingMessage(
             body=self.envelope,
-            attributes=attributes,
-            attribute_types=types,
+            attributes=self.attributes,
             group_id=self.group_id,
             dedup_id=self.dedup_id,
             delay_seconds=self.delay_seconds or None,
@@ -160,7 +146,7 @@ def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, A
     for name, value in attributes.items():
         # "msgcluster." is the queue backends' own; the Client path sends none.
         check_attribute_name(name, reserved=("aws.", "amazon."))
-        attr = _attribute(name, value)
+        attr = sqs_attribute(name, value)
         payload = attr.get("StringValue", attr.get("BinaryValue", b""))
         check_attribute(name, attr["DataType"], payload)
         size += (
@@ -170,30 +156,6 @@ def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, A
         )
         out[name] = attr
     return out, size
-
-
-def _attribute(name: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        if "DataType" not in value or not ({"StringValue", "BinaryValue"} & value.keys()):
-            raise ValidationError(
-                f"message attribute {name!r}: a mapping needs 'DataType' and 'StringValue' "
-                "or 'BinaryValue'"
-            )
-        return dict(value)
-    if isinstance(value, bool):
-        return {"DataType": "String", "StringValue": "true" if value else "false"}
-    if isinstance(value, str):
-        return {"DataType": "String", "StringValue": value}
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValidationError(f"message attribute {name!r}: {value} is not a number SQS takes")
-        return {"DataType": "Number", "StringValue": repr(value)}
-    if isinstance(value, bytes | bytearray):
-        return {"DataType": "Binary", "BinaryValue": bytes(value)}
-    raise ValidationError(
-        f"message attribute {name!r} has unsupported type {type(value).__name__} "
-        "(use str, int, float, bytes, or an SQS attribute mapping)"
-    )
 
 
 def encode_json(value: Any, what: str) -> bytes:
@@ -222,7 +184,7 @@ def prepare(
     it costs 1 WCU) and a ``factory`` that builds the task envelope.
     """
     settings = ctx.settings
-    delay = message.delay_seconds
+    delay = message.delay_seconds or 0
     if not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_SECONDS:
         raise ValidationError(f"delay_seconds must be an int in 0..{MAX_DELAY_SECONDS}")
     if info.fifo:

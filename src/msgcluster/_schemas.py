@@ -24,7 +24,6 @@ __all__ = [
     "MessageClusterRecord",
     "MessageEnvelope",
     "MessageRecord",
-    "OutgoingMessage",
     "RecordKey",
     "RecordType",
     "S3Pointer",
@@ -299,14 +298,3 @@ class ClusterEventEnvelope(
 
 Envelope = MessageEnvelope | TaskEnvelope | ClusterEventEnvelope
 ENVELOPE_TYPES: Final = ("message", "task", "cluster")
-
-
-class OutgoingMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A body plus per-message SQS options, for ``send_message_batch``."""
-
-    body: Any
-    delay_seconds: int = 0
-    attributes: dict[str, Any] | None = None
-    group_id: str | None = None
-    dedup_id: str | None = None
-    meta: Any = None

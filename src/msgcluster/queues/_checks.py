@@ -9,11 +9,10 @@ returned for the caller to put in that entry's result.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import BatchLimitError, MessageTooLargeError, ValidationError
 from ._contract import OutgoingMessage
@@ -32,6 +31,7 @@ __all__ = [
     "check_send_batch",
     "check_visibility",
     "prepare_message",
+    "sqs_attribute",
 ]
 
 # Backends may use attributes under "msgcluster." for their own bookkeeping
@@ -121,13 +121,11 @@ def prepare_message(
 ) -> PreparedMessage:
     """Validate one entry of a send; raise ValidationError (or
     MessageTooLargeError) saying what is wrong with it."""
-    message = item if isinstance(item, OutgoingMessage) else OutgoingMessage(body=item)  # type: ignore[arg-type]
+    message = item if isinstance(item, OutgoingMessage) else OutgoingMessage(body=item)
     body = _body_bytes(message.body)
     # The Extended Client's size attribute belongs on its pointer, and only there.
     pointer = body[:1] == b"[" and _is_pointer(body)
-    attributes = _checked_attributes(
-        message.attributes, capabilities, message.attribute_types, extended=pointer
-    )
+    attributes, types = _checked_attributes(message.attributes, capabilities, extended=pointer)
     size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
     if size > capabilities.max_body_bytes:
         raise MessageTooLargeError(
@@ -147,7 +145,7 @@ def prepare_message(
         message.dedup_id,
         message.delay_seconds,
         size,
-        message.attribute_types,
+        types,
     )
 
 
@@ -172,35 +170,58 @@ def _is_pointer(body: bytes) -> bool:
 
 
 def _checked_attributes(
-    attributes: object, capabilities: Capabilities, types: object = None, *, extended: bool = False
-) -> dict[str, str]:
+    attributes: object, capabilities: Capabilities, *, extended: bool = False
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The attributes as text, and the data type of those that are not String."""
     if not isinstance(attributes, dict):
-        raise ValidationError("attributes must be a dict of str to str")
+        raise ValidationError("attributes must be a dict of names to values")
     if len(attributes) > capabilities.max_attributes:
         raise ValidationError(
             f"at most {capabilities.max_attributes} attributes per message, got {len(attributes)}"
         )
-    types = types or {}
-    if not isinstance(types, dict) or not set(types) <= set(attributes):
-        raise ValidationError("attribute_types names attributes the message does not have")
+    text: dict[str, str] = {}
+    types: dict[str, str] = {}
     for name, value in attributes.items():
         if not (extended and isinstance(name, str) and name.lower() in RESERVED_ATTRIBUTE_NAMES):
             check_attribute_name(name)
-        if not isinstance(value, str):
-            raise ValidationError(f"attribute {name!r} must be a non-empty str")
-        data_type = types.get(name, "String")
-        if isinstance(data_type, str) and data_type.startswith("Binary"):
-            check_attribute(name, data_type, _base64(name, value))
+        attr = sqs_attribute(name, value)
+        data_type = attr["DataType"]
+        if "BinaryValue" in attr:
+            check_attribute(name, data_type, attr["BinaryValue"])
+            text[name] = base64.b64encode(attr["BinaryValue"]).decode("ascii")
         else:
-            check_attribute(name, data_type, value)
-    return attributes
+            check_attribute(name, data_type, attr["StringValue"])
+            text[name] = attr["StringValue"]
+        if data_type != "String":
+            types[name] = data_type
+    return text, types
 
 
-def _base64(name: str, value: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise ValidationError(f"attribute {name!r} is Binary: its value must be base64") from exc
+def sqs_attribute(name: str, value: Any) -> dict[str, Any]:
+    """A plain value as an SQS message attribute: ``str`` -> String,
+    ``int``/``float`` -> Number, ``bytes`` -> Binary, a mapping with
+    ``DataType`` as it is (one converter for every path)."""
+    if isinstance(value, Mapping):
+        if "DataType" not in value or not ({"StringValue", "BinaryValue"} & value.keys()):
+            raise ValidationError(
+                f"message attribute {name!r}: a mapping needs 'DataType' and 'StringValue' "
+                "or 'BinaryValue'"
+            )
+        return dict(value)
+    if isinstance(value, bool):
+        return {"DataType": "String", "StringValue": "true" if value else "false"}
+    if isinstance(value, str):
+        return {"DataType": "String", "StringValue": value}
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError(f"message attribute {name!r}: {value} is not a number SQS takes")
+        return {"DataType": "Number", "StringValue": repr(value)}
+    if isinstance(value, bytes | bytearray):
+        return {"DataType": "Binary", "BinaryValue": bytes(value)}
+    raise ValidationError(
+        f"message attribute {name!r} has unsupported type {type(value).__name__} "
+        "(use str, int, float, bytes, or an SQS attribute mapping)"
+    )
 
 
 def check_attribute_name(

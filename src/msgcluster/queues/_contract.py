@@ -9,7 +9,7 @@ off.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import msgspec
 
@@ -31,25 +31,29 @@ __all__ = [
 
 
 class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """A body plus per-message options for :meth:`Queue.send`.
+    """One message to send and its options: for :meth:`Queue.send`, and for the
+    Client's ``send_message_batch`` and ``create_message_cluster`` items.
 
-    ``body`` is arbitrary bytes (a ``str`` is sent as UTF-8), empty included.
-    ``attributes`` are string metadata delivered with the message.
+    ``body``: on a queue, bytes or a ``str`` (sent as UTF-8), empty included;
+    through the Client, anything msgspec encodes (the tracked message's body).
+    ``attributes``: message attributes, ``str`` (String), ``int``/``float``
+    (Number), ``bytes`` (Binary), or an SQS attribute mapping
+    (``{"DataType": ..., "StringValue"/"BinaryValue": ...}``); they are
+    delivered as text (Binary as base64).
     ``group_id`` orders messages on FIFO queues (required there);
     ``dedup_id`` drops repeats on FIFO queues within 5 minutes (required there
     unless the queue deduplicates by content). ``delay_seconds`` overrides the
     queue's default delay (standard queues only); None keeps the default.
-    ``attribute_types`` gives an attribute SQS's data type (``Number``,
-    ``Binary`` with its value base64-encoded, or a custom ``String.x``); the
-    default is ``String``. Backends that do not type attributes keep the text.
+    ``meta`` is the Client's: it goes on the message's record (a queue alone
+    ignores it).
     """
 
-    body: bytes | str
-    attributes: dict[str, str] = {}
+    body: Any
+    attributes: dict[str, Any] = {}
     group_id: str | None = None
     dedup_id: str | None = None
     delay_seconds: float | None = None
-    attribute_types: dict[str, str] = {}
+    meta: Any = None
 
 
 class ReceivedMessage(msgspec.Struct, frozen=True, kw_only=True):
