@@ -344,3 +344,18 @@ async def test_an_undecodable_cluster_task_is_counted_as_failed_alone(
     (failed,) = [task async for task in mc.failed_tasks(key)]
     assert failed.error[-1].type == "BodyDecodeError"
     assert await queue_depth(mc, await dlq_of(mc, names)) == 1
+
+
+async def test_attribute_count_is_the_queues(mc: msgcluster.Client, queue_url: str) -> None:
+    """sqs:// keeps one of SQS's ten attributes for its encoding flag, and an
+    offloaded body needs one for ExtendedPayloadSize: both are refused up front,
+    with the number to use, before anything is written."""
+    nine = {f"a{i}": "v" for i in range(9)}
+    with pytest.raises(msgcluster.ValidationError, match="takes at most 9 message attributes"):
+        await mc.send_message(queue_url, Job(1), attributes=nine | {"a9": "v"})
+    key = await mc.send_message(queue_url, Job(2), attributes=nine)
+    with pytest.raises(msgcluster.MessageTooLargeError, match="at most 8 attributes"):
+        await mc.send_message(queue_url, {"n": 3, "blob": "x" * 300_000}, attributes=nine)
+    (message,) = await receive_all(mc, queue_url, 1)
+    assert mc.read_sqs_record(message).key == key
+    assert len(message["MessageAttributes"]) == 9

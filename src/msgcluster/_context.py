@@ -41,6 +41,7 @@ class QueueInfo(msgspec.Struct, frozen=True):
     max_receive_count: int | None
     visibility_timeout: int
     max_message_size: int
+    max_attributes: int = 10
 
 
 class Context:
@@ -116,6 +117,7 @@ class Context:
             max_receive_count=queue.max_receives,
             visibility_timeout=int(getattr(driver, "visibility_timeout", 30) or 30),
             max_message_size=caps.max_body_bytes,
+            max_attributes=caps.max_attributes,
         )
         self._queues[url] = info
         return info

@@ -56,6 +56,7 @@ class Prepared:
         "index",
         "item",
         "key",
+        "max_attributes",
         "pointer",
         "url",
     )
@@ -74,8 +75,10 @@ class Prepared:
         delay_seconds: int,
         group_id: str | None,
         dedup_id: str | None,
+        max_attributes: int = MAX_ATTRIBUTES,
     ) -> None:
         self.index = index
+        self.max_attributes = max_attributes
         self.ident = ident
         self.key = key
         self.url = url
@@ -104,10 +107,10 @@ class Prepared:
     def offload_to(self, pointer: S3Pointer) -> None:
         """Send the Extended Client's pointer to ``pointer`` instead of the envelope
         (the object holds the envelope), with its ``ExtendedPayloadSize`` attribute."""
-        if len(self.attributes) >= MAX_ATTRIBUTES:
+        if len(self.attributes) >= self.max_attributes:
             raise MessageTooLargeError(
                 f"a body offloaded to S3 carries the {EXTENDED_SIZE_ATTRIBUTE} attribute: "
-                f"such a message takes at most {MAX_ATTRIBUTES - 1} attributes of its own"
+                f"such a message takes at most {self.max_attributes - 1} attributes of its own"
             )
         size = str(pointer.size)
         self.pointer = pointer
@@ -206,6 +209,12 @@ def prepare(
         )
     body = encode_json(message.body, "body")
     attributes, attributes_size = encode_attributes(message.attributes)
+    if len(attributes) > info.max_attributes:
+        # sqs:// keeps one of SQS's ten for its own encoding flag.
+        raise ValidationError(
+            f"queue {info.url} takes at most {info.max_attributes} message attributes, "
+            f"got {len(attributes)}"
+        )
     if attributes_size + _POINTER_ENVELOPE_BYTES > settings.max_message_bytes:
         raise MessageTooLargeError(
             f"message attributes take {attributes_size:,} bytes; with the envelope they "
@@ -237,6 +246,7 @@ def prepare(
         delay_seconds=delay,
         group_id=message.group_id if info.fifo else None,
         dedup_id=(message.dedup_id or ident) if info.fifo else None,
+        max_attributes=info.max_attributes,
     )
 
 
