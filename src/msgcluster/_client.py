@@ -18,6 +18,7 @@ from . import (
     _messages,
     _provision,
     _records,
+    _sending,
 )
 from ._clusterkeys import cluster_key
 from ._context import Context
@@ -221,7 +222,7 @@ class Client:
         ``queue_url`` is an SQS queue URL or a queue URI (``sqs://name``,
         ``dynamodb://table?queue=name``): the message goes through the queue
         layer, on this Client's AWS clients, and its record names that queue."""
-        return await _messages.send_message(
+        return await _sending.send_message(
             self.ctx,
             queue_url,
             body,
@@ -250,7 +251,7 @@ class Client:
         :class:`BatchSendError` carrying that result is raised after every
         other entry was sent.
         """
-        return await _messages.send_message_batch(
+        return await _sending.send_message_batch(
             self.ctx,
             queue_url,
             bodies,

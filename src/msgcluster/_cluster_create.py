@@ -46,7 +46,6 @@ from ._errors import (
 )
 from ._fanin import close_shard, maybe_flip
 from ._itemcodec import decode_item, encode_item
-from ._messages import send_entries
 from ._outgoing import Prepared, encode_json, needs_offload, prepare
 from ._schemas import (
     MessageClusterRecord,
@@ -58,6 +57,7 @@ from ._schemas import (
     StatusCode,
     TaskEnvelope,
 )
+from ._sending import send_entries
 from .queues._contract import OutgoingMessage
 
 if TYPE_CHECKING:
