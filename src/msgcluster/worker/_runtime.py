@@ -35,60 +35,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
-from .._errors import MsgclusterError, ObjectNotFoundError, QueueClosedError, RecordError
-from .._incoming import MessageKind, classify, from_received
-from .._records import ParsedRecord, load_incoming
+from .._errors import MsgclusterError, QueueClosedError
 from .._schemas import RecordKey, RecordType
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
-from ._context import MessageContext
+from ._batch import ACKED, Item, read_batch
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
 from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
-    from .._context import Context
     from ._app import App
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("msgcluster.worker")
-
-
-class _Item:
-    """One received message on its way through the batch."""
-
-    __slots__ = (
-        "body",
-        "copy_of",
-        "ctx",
-        "error",
-        "message",
-        "outcome",
-        "record",
-        "retry_delay",
-        "running",
-        "seconds",
-        "settled",
-    )
-
-    def __init__(self, message: ReceivedMessage, queue: Queue) -> None:
-        self.message = message
-        self.ctx = MessageContext(message, queue)
-        self.record: ParsedRecord[Any] | None = None
-        self.body: Any = None
-        self.outcome: Outcome | None = None
-        self.error: BaseException | None = None
-        self.retry_delay: float | None = None
-        self.running = False
-        self.settled = False
-        self.seconds = 0.0
-        # The same message delivered twice in one batch runs once: the copy
-        # follows its first delivery's outcome.
-        self.copy_of: _Item | None = None
-
-
-_ACKED = frozenset({Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.CALLBACK})
 
 
 class Worker:
@@ -141,7 +102,7 @@ class Worker:
         self._slots = anyio.Semaphore(self._slot_count)
         self._reserving = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(concurrency)
-        self._running: dict[int, tuple[_Item, float, float]] = {}  # id -> item, started, until
+        self._running: dict[int, tuple[Item, float, float]] = {}  # id -> item, started, until
         self._in_flight = 0
         self._batches_settled = 0
         self._idle = anyio.Event()
@@ -270,7 +231,7 @@ class Worker:
     # -------------------------------------------------------------- settling
 
     async def _settle_batch(self, queue: Queue, messages: list[ReceivedMessage]) -> None:
-        items = [_Item(m, queue) for m in messages]
+        items = [Item(m, queue) for m in messages]
         try:
             await self._prepare(items)
             async with anyio.create_task_group() as handlers:
@@ -291,65 +252,12 @@ class Worker:
             self._batches_settled += 1
             self._add_in_flight(-len(items))
 
-    async def _prepare(self, items: list[_Item]) -> None:
+    async def _prepare(self, items: list[Item]) -> None:
         """Read every message through the pipeline; check tracked ones (one
         request); find poison. One bad message never holds up the others."""
-        client = self.app.client
-        ctx = client.ctx if client is not None and client.is_open else None
-        tracked: list[_Item] = []
-        first: dict[str, _Item] = {}
-        for item in items:
-            original = first.setdefault(item.message.id, item)
-            if original is not item:
-                item.copy_of, item.outcome = original, Outcome.SKIPPED
-                continue
-            await self._read(ctx, item)
-            if item.outcome is None and item.record is not None:
-                tracked.append(item)
-        if tracked and client is not None:
-            done = await client.is_complete_batch([i.record for i in tracked])
-            for item, complete in zip(tracked, done, strict=True):
-                if complete:
-                    item.outcome = Outcome.SKIPPED
+        await read_batch(self.app, items)
 
-    async def _read(self, ctx: Context | None, item: _Item) -> None:
-        incoming = classify(from_received(item.message))
-        if incoming.error is not None:
-            self._poison(item, incoming.error)
-            return
-        if ctx is None and (incoming.tracked or incoming.pointer is not None):
-            item.error = MsgclusterError(
-                "a tracked or offloaded message (sent with Client.send_message, a cluster "
-                "task, or an S3 payload) needs App(client=...) to be read; it is retried"
-            )
-            item.outcome = Outcome.RETRIED
-            return
-        try:
-            if not incoming.tracked and incoming.pointer is None:
-                # A plain body: decoded as the handlers declare, nothing to load.
-                item.body = self.app.decode(incoming.message.data, item.message.id)
-                return
-            record = await load_incoming(ctx, incoming, self.app.body_type)
-        except (RecordError, ObjectNotFoundError) as exc:
-            if incoming.tracked:  # recorded as failed when dead-lettered
-                item.record = ParsedRecord(ctx, incoming)
-            self._poison(item, exc)
-            return
-        except MsgclusterError as exc:  # S3 unavailable: try again later
-            item.error, item.outcome = exc, Outcome.RETRIED
-            return
-        if record.tracked:
-            item.record = item.ctx.record = record
-        item.body = record.body if record.kind is not MessageKind.EVENT else None
-
-    def _poison(self, item: _Item, error: MsgclusterError) -> None:
-        """Dead-letter it alone, with the error that says why (recorded as the
-        failure of a tracked message)."""
-        log.error("message %s is poison: %s", item.message.id, error)
-        item.error = error
-        item.outcome = Outcome.DEAD_LETTERED
-
-    async def _handle(self, item: _Item) -> None:
+    async def _handle(self, item: Item) -> None:
         # CapacityLimiter's async acquire always yields to the loop; taking a
         # free slot without it is a third of the worker's per-message CPU.
         try:
@@ -371,7 +279,7 @@ class Worker:
         finally:
             self._limiter.release()
 
-    async def _run_handler(self, item: _Item) -> None:
+    async def _run_handler(self, item: Item) -> None:
         started = time.monotonic()
         self._running[id(item)] = (item, started, started + self.visibility_timeout)
         try:
@@ -393,7 +301,7 @@ class Worker:
             item.seconds = time.monotonic() - started
             self._running.pop(id(item), None)
 
-    async def _run_completion_event(self, item: _Item) -> None:
+    async def _run_completion_event(self, item: Item) -> None:
         client, callback = self.app.client, self.app.cluster_callback
         if client is None or callback is None or item.record is None:
             # No callback registered on this app: there is nothing to run, and
@@ -422,7 +330,7 @@ class Worker:
             delay = max(self.visibility_timeout, CALLBACK_LEASE_SECONDS + 5)
             item.outcome, item.retry_delay = Outcome.RETRIED, delay
 
-    async def _complete(self, queue: Queue, items: list[_Item]) -> None:
+    async def _complete(self, queue: Queue, items: list[Item]) -> None:
         client = self.app.client
         done = [i.record for i in items if i.outcome is Outcome.SUCCEEDED and i.record is not None]
         if done and client is not None:
@@ -440,11 +348,11 @@ class Worker:
                         del self._callbacks_running[key]
                         running.set()
         for item in items:
-            if item.copy_of is not None and item.copy_of.outcome not in _ACKED:
+            if item.copy_of is not None and item.copy_of.outcome not in ACKED:
                 # Its first delivery is retried or dead-lettered: deleting the
                 # copy would delete the message. It reappears after its timeout.
                 self._settled(item, Outcome.SKIPPED)
-        ack = [i for i in items if i.outcome in _ACKED and not i.settled]
+        ack = [i for i in items if i.outcome in ACKED and not i.settled]
         await self._ack(queue, ack)
         retries = [
             (i, await self._retry_delay(queue, i))
@@ -458,7 +366,7 @@ class Worker:
             if item.outcome is Outcome.DEAD_LETTERED:
                 await self._dead_letter(queue, item)
 
-    async def _ack(self, queue: Queue, items: list[_Item]) -> None:
+    async def _ack(self, queue: Queue, items: list[Item]) -> None:
         """Acknowledge what is done, in as few requests as the queue allows.
 
         Whatever happens to the ack, these messages are settled: their work
@@ -479,7 +387,7 @@ class Worker:
                             item.message.id, error)  # fmt: skip
             self._settled(item, item.outcome or Outcome.SUCCEEDED)
 
-    async def _retry_delay(self, queue: Queue, item: _Item) -> float:
+    async def _retry_delay(self, queue: Queue, item: Item) -> float:
         """Record a failed attempt; when to make the message visible again."""
         message = item.message
         last = queue.max_receives
@@ -495,8 +403,8 @@ class Worker:
         return min(delay, queue.capabilities.max_visibility_seconds)
 
     async def _change_visibility(
-        self, queue: Queue, changes: list[tuple[_Item, float]], what: str
-    ) -> list[_Item]:
+        self, queue: Queue, changes: list[tuple[Item, float]], what: str
+    ) -> list[Item]:
         """Batched visibility changes (split and retried by the queue layer);
         returns the items that failed.
 
@@ -512,14 +420,14 @@ class Worker:
             errors = [result.error for result in results]
         except MsgclusterError as exc:
             errors = [exc] * len(changes)
-        failed: list[_Item] = []
+        failed: list[Item] = []
         for (item, _), error in zip(changes, errors, strict=True):
             if error is not None:
                 log.warning("could not %s %s: %s", what, item.message.id, error)
                 failed.append(item)
         return failed
 
-    async def _dead_letter(self, queue: Queue, item: _Item) -> None:
+    async def _dead_letter(self, queue: Queue, item: Item) -> None:
         await self._record_failure(item, final=True)
         reason = str(item.error) if item.error else "rejected"
         if await queue.dead_letter(item.message, reason):
@@ -530,7 +438,7 @@ class Worker:
         await queue.nack(item.message, min(900.0, queue.capabilities.max_visibility_seconds / 2))
         self._settled(item, Outcome.FAILED)
 
-    async def _record_failure(self, item: _Item, *, final: bool) -> None:
+    async def _record_failure(self, item: Item, *, final: bool) -> None:
         client = self.app.client
         if client is None or item.record is None or item.error is None:
             return
@@ -543,7 +451,7 @@ class Worker:
         except MsgclusterError as exc:
             log.warning("could not record the failure of %s: %s", item.message.id, exc)
 
-    async def _release(self, queue: Queue, items: list[_Item]) -> None:
+    async def _release(self, queue: Queue, items: list[Item]) -> None:
         # A failed release is harmless: it reappears after its visibility timeout.
         if not items:
             return
@@ -554,7 +462,7 @@ class Worker:
         for item in items:
             self._settled(item, Outcome.RELEASED)
 
-    def _settled(self, item: _Item, outcome: Outcome) -> None:
+    def _settled(self, item: Item, outcome: Outcome) -> None:
         if item.settled:
             return
         item.settled = True
