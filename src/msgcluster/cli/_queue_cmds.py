@@ -14,14 +14,13 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 import msgspec
 
-from .._errors import aws_errors
 from ..queues import OutgoingMessage, QueueURI, open_queue
 from ..queues._admin import MessageInfo, QueueAdmin, QueueStats
-from ..queues._sqs import REASON_ATTRIBUTE, SqsQueue
+from ..queues._sqs import SqsQueue
 from ..queues._uri import parse_queue_uri
+from . import _sqs_admin as sqs_admin
 from ._common import (
     EXIT_OK,
     CliError,
@@ -48,11 +47,6 @@ _SQS_SCHEMES: Final = frozenset({"sqs", "http", "https"})
 # https://sqs.<region>.amazonaws.com/<account>/<name> (or the legacy <region>.queue.…)
 _SQS_URL_REGION: Final = re.compile(
     r"(?:sqs\.)?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\."
-)
-_COUNT_ATTRIBUTES: Final = (
-    "ApproximateNumberOfMessages",
-    "ApproximateNumberOfMessagesNotVisible",
-    "ApproximateNumberOfMessagesDelayed",
 )
 _BODY_COLUMN: Final = 60
 # How long a message received by `receive` (or `redrive --all` on SQS) stays
@@ -192,7 +186,7 @@ async def qstat(inv: Invocation) -> int:
         if isinstance(driver_of(queue), QueueAdmin):
             stats = await admin(queue, "qstat").stats()
         else:
-            stats = await _sqs_stats(sqs_only(queue, "qstat"))
+            stats = await sqs_admin.stats(sqs_only(queue, "qstat"))
         _show_stats(inv, queue.uri, stats, f"queue {stats.name}")
     return EXIT_OK
 
@@ -200,77 +194,13 @@ async def qstat(inv: Invocation) -> int:
 async def dlq(inv: Invocation) -> int:
     async with opened(inv) as queue:
         if inv.args.reconcile:
-            return await _reconcile(inv, sqs_only(queue, "dlq --reconcile"))
+            return await sqs_admin.reconcile(inv, sqs_only(queue, "dlq --reconcile"))
         if isinstance(driver_of(queue), QueueAdmin):
             stats = await admin(queue, "dlq").dead_letter_stats()
         else:
-            stats = await _sqs_dlq_stats(sqs_only(queue, "dlq"))
+            stats = await sqs_admin.dlq_stats(sqs_only(queue, "dlq"))
         _show_stats(inv, queue.uri, stats, f"dead-letter queue {stats.name}")
     return EXIT_OK
-
-
-async def _reconcile(inv: Invocation, queue: SqsQueue) -> int:
-    """Record the tracked messages a dead consumer left unrecorded in the DLQ
-    (``Client.reconcile_dead_letters``): needs the table (``--table``)."""
-    from ._cluster_cmds import client
-
-    url = await _dlq_url(queue)
-    async with client(inv) as mc:
-        report = await mc.reconcile_dead_letters(url)
-    if inv.out.json:
-        inv.out.document({"queue": queue.uri, "dlq": url, **msgspec.structs.asdict(report)})
-    else:
-        inv.out.line(
-            f"{report.seen} dead letter(s): {report.recorded} recorded as failed now, "
-            f"{report.already_final} already final, {report.untracked} not tracked"
-        )
-    return EXIT_OK
-
-
-async def _counts(queue: SqsQueue, url: str) -> tuple[int, int, int]:
-    with aws_errors(resource=url):
-        response = await queue.client.get_queue_attributes(
-            QueueUrl=url, AttributeNames=list(_COUNT_ATTRIBUTES)
-        )
-    attributes = response.get("Attributes", {})
-    visible, in_flight, delayed = (int(attributes.get(name, "0")) for name in _COUNT_ATTRIBUTES)
-    return visible, in_flight, delayed
-
-
-async def _dlq_url(queue: SqsQueue) -> str:
-    if queue.dlq_arn is None:
-        raise NotFound(f"{queue.uri} has no dead-letter queue (no RedrivePolicy)")
-    *_, account, name = queue.dlq_arn.split(":", 5)
-    with aws_errors(resource=queue.dlq_arn):
-        found = await queue.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
-    return str(found["QueueUrl"])
-
-
-async def _sqs_stats(queue: SqsQueue) -> QueueStats:
-    visible, in_flight, delayed = await _counts(queue, queue.url)
-    dead: int | None = None
-    if queue.dlq_arn is not None:
-        dead = sum(await _counts(queue, await _dlq_url(queue)))
-    return QueueStats(
-        name=queue.name,
-        visible=visible,
-        in_flight=in_flight,
-        delayed=delayed,
-        dead_letters=dead,
-        fifo=queue.capabilities.fifo,
-    )
-
-
-async def _sqs_dlq_stats(queue: SqsQueue) -> QueueStats:
-    url = await _dlq_url(queue)
-    visible, in_flight, delayed = await _counts(queue, url)
-    return QueueStats(
-        name=url.rstrip("/").rsplit("/", 1)[-1],
-        visible=visible,
-        in_flight=in_flight,
-        delayed=delayed,
-        fifo=queue.capabilities.fifo,
-    )
 
 
 # --------------------------------------------------------------------------- ls, get
@@ -397,7 +327,7 @@ async def purge(inv: Invocation) -> int:
             count = await admin(queue, "purge").purge(dead_letters=dead_letters)
         else:
             sqs = sqs_only(queue, "purge")
-            count = await _sqs_purge(sqs, dead_letters)
+            count = await sqs_admin.purge(sqs, dead_letters)
             approximate = True
         doc = {
             "queue": queue.uri,
@@ -414,15 +344,6 @@ async def purge(inv: Invocation) -> int:
     return EXIT_OK
 
 
-async def _sqs_purge(queue: SqsQueue, dead_letters: bool) -> int:
-    """PurgeQueue; SQS does not say how many, so the count is its approximate depth."""
-    url = await _dlq_url(queue) if dead_letters else queue.url
-    count = sum(await _counts(queue, url))
-    with aws_errors(resource=url):
-        await queue.client.purge_queue(QueueUrl=url)
-    return count
-
-
 async def redrive(inv: Invocation) -> int:
     message_id: str | None = inv.args.id
     if (message_id is None) == (not inv.args.all):
@@ -433,7 +354,7 @@ async def redrive(inv: Invocation) -> int:
         elif message_id is not None:
             raise unsupported(queue.uri, "redrive <id>")
         else:
-            count = await _sqs_redrive_all(sqs_only(queue, "redrive --all"))
+            count = await sqs_admin.redrive_all(sqs_only(queue, "redrive --all"))
         if message_id is not None and count == 0:
             raise NotFound(f"no dead letter {message_id} in {queue.uri}")
         doc = {"queue": queue.uri, "id": message_id, "redriven": count}
@@ -442,76 +363,6 @@ async def redrive(inv: Invocation) -> int:
     else:
         inv.out.line(f"moved {count} dead letter(s) back to {doc['queue']}")
     return EXIT_OK
-
-
-async def _sqs_redrive_all(queue: SqsQueue) -> int:
-    """Move every message of the DLQ back: receive, send to the queue, delete.
-
-    A message is deleted from the DLQ only after the queue accepted it, so a
-    crash leaves a copy, never a loss. (SQS's StartMessageMoveTask does this
-    server-side but is not implemented by moto, the local server.)
-    """
-    dlq_url = await _dlq_url(queue)
-    client, moved = queue.client, 0
-    while True:
-        with aws_errors(resource=dlq_url):
-            response = await client.receive_message(
-                QueueUrl=dlq_url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=_HOLD_SECONDS,
-                WaitTimeSeconds=0,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["MessageGroupId"],
-            )
-        messages = response.get("Messages", [])
-        if not messages:
-            # Short polling samples a subset of SQS's servers: stop only when
-            # the DLQ also reports nothing visible.
-            visible, _, _ = await _counts(queue, dlq_url)
-            if visible == 0:
-                return moved
-            await anyio.sleep(1)
-            continue
-        moved += await _move_batch(queue, dlq_url, messages)
-
-
-async def _move_batch(queue: SqsQueue, dlq_url: str, messages: list[dict[str, Any]]) -> int:
-    entries = [_resend_entry(str(i), m, queue.capabilities.fifo) for i, m in enumerate(messages)]
-    with aws_errors(resource=queue.url):
-        sent = await queue.client.send_message_batch(QueueUrl=queue.url, Entries=entries)
-    ok = [messages[int(entry["Id"])] for entry in sent.get("Successful", [])]
-    if ok:
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(ok)]
-        with aws_errors(resource=dlq_url):
-            await queue.client.delete_message_batch(QueueUrl=dlq_url, Entries=entries)
-    failed = sent.get("Failed", [])
-    if failed:
-        first = failed[0]
-        raise CliError(
-            f"{len(failed)} dead letter(s) could not be sent back to {queue.uri} "
-            f"({first.get('Code')}: {first.get('Message')}); they stay on the dead-letter queue"
-        )
-    return len(ok)
-
-
-def _resend_entry(entry_id: str, message: dict[str, Any], fifo: bool) -> dict[str, Any]:
-    attributes = {
-        name: {
-            key: value
-            for key, value in attribute.items()
-            if key in ("DataType", "StringValue", "BinaryValue")
-        }
-        for name, attribute in message.get("MessageAttributes", {}).items()
-        if name != REASON_ATTRIBUTE
-    }
-    entry: dict[str, Any] = {"Id": entry_id, "MessageBody": message["Body"]}
-    if attributes:
-        entry["MessageAttributes"] = attributes
-    if fifo:
-        group = message.get("Attributes", {}).get("MessageGroupId") or "redrive"
-        entry["MessageGroupId"] = group
-        entry["MessageDeduplicationId"] = message["MessageId"]
-    return entry
 
 
 # --------------------------------------------------------------------------- receive, enqueue
