@@ -17,7 +17,7 @@ from ._common import EXIT_OK, CliError, Invocation, NotFound
 if TYPE_CHECKING:
     from ..queues._sqs import SqsQueue
 
-__all__ = ["counts", "dlq_stats", "dead_letter_url", "purge", "reconcile", "redrive_all", "stats"]
+__all__ = ["counts", "dead_letter_url", "dlq_stats", "purge", "reconcile", "redrive_all", "stats"]
 
 _COUNT_ATTRIBUTES: Final = (
     "ApproximateNumberOfMessages",
