@@ -772,3 +772,7 @@ async def test_capabilities_are_declared(h: Harness) -> None:
     assert caps.max_visibility_seconds >= 1
     assert caps.max_wait_seconds >= 1
     assert caps.max_delay_seconds >= 1
+    # The optional driver methods are declared, and there when declared.
+    driver = h.queue.driver
+    assert caps.batch_visibility == callable(getattr(driver, "change_visibility", None))
+    assert caps.dead_letter_now == callable(getattr(driver, "dead_letter", None))

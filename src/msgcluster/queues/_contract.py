@@ -119,6 +119,10 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     ``max_body_bytes`` is the largest UTF-8 text body accepted (attributes
     count against it too); backends that must encode binary bodies (sqs:
     base64) accept binary bodies of at least half of it.
+    ``batch_visibility``: the driver has ``change_visibility`` (else the
+    portable layer nacks/extends one message at a time);
+    ``dead_letter_now``: it has ``dead_letter`` (move a message to its DLQ on
+    request, for ``Reject`` and poison).
     """
 
     fifo: bool
@@ -133,6 +137,8 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     max_delay_seconds: float
     max_visibility_seconds: float
     max_wait_seconds: float
+    batch_visibility: bool = False
+    dead_letter_now: bool = False
 
 
 @runtime_checkable

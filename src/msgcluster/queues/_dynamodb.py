@@ -432,4 +432,6 @@ def _capabilities(fifo: bool, *, native_dlq: bool) -> Capabilities:
         max_delay_seconds=900.0,
         max_visibility_seconds=43_200.0,
         max_wait_seconds=20.0,
+        batch_visibility=True,
+        dead_letter_now=True,
     )

@@ -70,6 +70,8 @@ def memory_capabilities(config: MemoryConfig) -> Capabilities:
         max_delay_seconds=900.0,
         max_visibility_seconds=MAX_VISIBILITY_SECONDS,
         max_wait_seconds=20.0,
+        batch_visibility=True,
+        dead_letter_now=True,
     )
 
 

@@ -218,7 +218,11 @@ class PortableQueue:
         """Make each message visible again after its number of seconds (0: now),
         any number of them; one result per input, in order."""
         items = _listed(changes, "change_visibility takes (message, seconds) pairs")
-        batch = getattr(self.driver, "change_visibility", None)
+        batch = (
+            getattr(self.driver, "change_visibility", None)
+            if self.capabilities.batch_visibility
+            else None
+        )
 
         async def one_by_one(part: list[tuple[ReceivedMessage, float]]) -> list[AckResult]:
             results = []
@@ -313,7 +317,7 @@ class PortableQueue:
         """Move a delivered message to the queue's dead-letter queue now; False if
         the queue has none (the message is then left as it is)."""
         mover = getattr(self.driver, "dead_letter", None)
-        if mover is None:
+        if mover is None or not self.capabilities.dead_letter_now:
             return False
         return bool(await mover(message, reason))
 

@@ -175,6 +175,8 @@ class SqsQueue(QueueHandle):
             max_delay_seconds=900,
             max_visibility_seconds=43_200,
             max_wait_seconds=20,
+            batch_visibility=True,
+            dead_letter_now=True,
         )
 
     @property
