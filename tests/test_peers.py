@@ -328,3 +328,29 @@ async def test_powertools_bodies_through_the_sqs_worker(
     ).run()
     assert stats[Outcome.SUCCEEDED] == len(bodies)
     assert sorted(texts) == sorted(bodies)
+
+
+async def test_a_body_with_pointer_like_keys_is_an_ordinary_body() -> None:
+    """Only the Extended Client's exact pointer (and its size attribute) is one:
+    an object with ``s3BucketName`` and ``s3Key`` reaches its handler."""
+    body = '{"s3BucketName": "uploads", "s3Key": "img/cat.png"}'
+    event = json.loads((POWERTOOLS_EVENTS / "sqsEvent.json").read_text())
+    event["Records"][1]["body"] = body
+    app = App()
+    seen: list[dict[str, str]] = []
+
+    @app.handler(dict)
+    async def upload(payload: dict[str, str]) -> None:
+        seen.append(payload)
+
+    @app.handler(str)
+    async def text(body: str) -> None:
+        pass
+
+    handler = lambda_handler(app)
+    try:
+        result = await anyio.to_thread.run_sync(handler, event, None)
+    finally:
+        await anyio.to_thread.run_sync(handler.close)
+    assert result == {"batchItemFailures": []}
+    assert seen == [{"s3BucketName": "uploads", "s3Key": "img/cat.png"}]
