@@ -354,3 +354,50 @@ async def test_a_body_with_pointer_like_keys_is_an_ordinary_body() -> None:
         await anyio.to_thread.run_sync(handler.close)
     assert result == {"batchItemFailures": []}
     assert seen == [{"s3BucketName": "uploads", "s3Key": "img/cat.png"}]
+
+
+async def test_open_queue_offloads_in_the_extended_format_both_ways(
+    mc: msgcluster.Client, queue_url: str, names: dict[str, str], extended: Any
+) -> None:
+    """``open_queue(..., payloads=PayloadStore(s3, bucket))``: what it sends the
+    Extended Client reads, and what the Extended Client sends it receives whole."""
+    from msgcluster.queues import OutgoingMessage, PayloadStore, open_queue
+
+    ours, theirs = "o" * SIZES["300KB"], "t" * SIZES["2MB"]
+    store = PayloadStore(mc.s3, names["bucket"])
+    async with open_queue(queue_url, client=mc.sqs, payloads=store) as queue:
+        sent = await queue.send([OutgoingMessage(body=ours, attributes={"k": "v"}), "small"])
+        assert all(r.ok for r in sent)
+
+        def peer_receive() -> dict[str, dict[str, Any]]:
+            got: dict[str, dict[str, Any]] = {}
+            for _ in range(20):
+                response = extended.receive_message(
+                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                    MessageAttributeNames=["All"],
+                )  # fmt: skip
+                for message in response.get("Messages", []):
+                    got[message["Body"][:5]] = message
+                if len(got) == 2:
+                    return got
+            return got
+
+        got = await anyio.to_thread.run_sync(peer_receive)
+        assert got["ooooo"]["Body"] == ours
+        assert got["ooooo"]["MessageAttributes"]["k"]["StringValue"] == "v"
+        assert got["small"]["Body"] == "small"
+        for message in got.values():
+            receipt = message["ReceiptHandle"]
+            await anyio.to_thread.run_sync(
+                lambda r=receipt: extended.delete_message(QueueUrl=queue_url, ReceiptHandle=r)
+            )
+
+        await peer_send(extended, queue_url, theirs)
+        received = []
+        with anyio.fail_after(20):
+            while not received:
+                received = await queue.receive(wait_seconds=1)
+        (message,) = received
+        assert message.body == theirs.encode()
+        assert "ExtendedPayloadSize" not in message.attributes
+        assert all(r.ok for r in await queue.ack(received))

@@ -776,3 +776,30 @@ async def test_capabilities_are_declared(h: Harness) -> None:
     driver = h.queue.driver
     assert caps.batch_visibility == callable(getattr(driver, "change_visibility", None))
     assert caps.dead_letter_now == callable(getattr(driver, "dead_letter", None))
+
+
+async def test_bodies_over_the_limit_offloaded_with_a_payload_store(
+    h: Harness, request: pytest.FixtureRequest
+) -> None:
+    """With ``payloads=PayloadStore(s3, bucket)`` a body larger than the queue
+    takes goes to S3 in the SQS Extended Client's format and comes back whole."""
+    from msgcluster.queues import PayloadStore, PortableQueue
+
+    aws = request.getfixturevalue("local_aws")
+    async with AioSession().create_client("s3", **aws.client_kwargs()) as s3:
+        bucket = f"conf-{uuid.uuid4().hex[:12]}"
+        await s3.create_bucket(Bucket=bucket)
+        queue = PortableQueue(h.queue.driver, payloads=PayloadStore(s3, bucket))
+        big = b"z" * (queue.capabilities.max_body_bytes + 1)
+        results = await queue.send([big, b"small"])
+        assert all(r.ok for r in results)
+        objects = (await s3.list_objects_v2(Bucket=bucket)).get("Contents", [])
+        assert [o["Size"] for o in objects] == [len(big)]
+        received: dict[str, ReceivedMessage] = {}
+        with anyio.fail_after(10):
+            while len(received) < 2:
+                for message in await queue.receive(wait_seconds=1):
+                    received[message.id] = message
+        assert sorted(m.body for m in received.values()) == sorted([big, b"small"])
+        assert all(m.attributes == {} for m in received.values())
+        assert all(r.ok for r in await queue.ack(list(received.values())))

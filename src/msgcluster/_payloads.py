@@ -32,9 +32,11 @@ __all__ = [
     "EXTENDED_POINTER_CLASS",
     "EXTENDED_SIZE_ATTRIBUTE",
     "fetch",
+    "get_payload",
     "parse_pointer",
     "payload_record_key",
     "pointer_body",
+    "put_payload",
     "store",
     "store_payload",
 ]
@@ -126,20 +128,31 @@ async def store_payload(ctx: Context, key: RecordKey, data: bytes) -> S3Pointer:
 
 async def store(ctx: Context, object_key: str, data: bytes) -> S3Pointer:
     bucket = ctx.settings.require_bucket("a body larger than max_message_bytes")
+    return await put_payload(ctx.s3, bucket, object_key, data)
+
+
+async def fetch(ctx: Context, pointer: S3Pointer) -> bytes:
+    return await get_payload(ctx.s3, pointer)
+
+
+async def put_payload(s3: Any, bucket: str, object_key: str, data: bytes) -> S3Pointer:
+    """Store one offloaded payload (any aiobotocore S3 client)."""
     with aws_errors(resource=f"s3://{bucket}/{object_key}"):
-        await ctx.s3.put_object(
+        await s3.put_object(
             Bucket=bucket, Key=object_key, Body=data, ContentType="application/json"
         )
     return S3Pointer(bucket=bucket, key=object_key, size=len(data))
 
 
-async def fetch(ctx: Context, pointer: S3Pointer) -> bytes:
+async def get_payload(s3: Any, pointer: S3Pointer) -> bytes:
+    """Read one offloaded payload back; a missing object says it expired."""
     where = f"s3://{pointer.bucket}/{pointer.key}"
     try:
         with aws_errors(resource=where):
-            response = await ctx.s3.get_object(Bucket=pointer.bucket, Key=pointer.key)
+            response = await s3.get_object(Bucket=pointer.bucket, Key=pointer.key)
             async with response["Body"] as stream:
-                return await stream.read()
+                data: bytes = await stream.read()
+                return data
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(
             f"offloaded body {where} is gone (expired after the retention period, or deleted)",

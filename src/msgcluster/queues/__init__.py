@@ -31,6 +31,7 @@ from ._contract import (
 )
 from ._dynamodb_provision import provision_dynamodb_queue_table
 from ._memory import reset_memory_queues
+from ._offload import PayloadStore
 from ._portable import PortableQueue
 from ._registry import (
     ENTRY_POINT_GROUP,
@@ -49,6 +50,7 @@ __all__ = [
     "Driver",
     "OpeningQueue",
     "OutgoingMessage",
+    "PayloadStore",
     "PortableQueue",
     "Queue",
     "QueueFactory",

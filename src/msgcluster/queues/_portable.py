@@ -12,6 +12,7 @@ same way, and a receipt given twice in one call is acted on once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -35,10 +36,12 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._contract import Capabilities, Driver
+    from ._offload import PayloadStore
 
 __all__ = ["PortableQueue", "is_retryable", "wrap"]
 
 T = TypeVar("T")
+log = logging.getLogger("msgcluster.queues")
 # Messages are read from an (async) iterable in windows of this many, so a
 # send of any length holds bounded memory besides its results.
 _WINDOW: Final = 1_000
@@ -65,9 +68,15 @@ class PortableQueue:
     """
 
     def __init__(
-        self, driver: Driver, *, concurrency: int = 8, backoff: Backoff | None = None
+        self,
+        driver: Driver,
+        *,
+        concurrency: int = 8,
+        backoff: Backoff | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.driver = driver
+        self.payloads = payloads
         self._limiter = anyio.CapacityLimiter(max(1, concurrency))
         self._backoff = backoff or Backoff()
 
@@ -119,7 +128,9 @@ class PortableQueue:
         async for window in iter_chunks(messages, _WINDOW):
             start = len(results)
             out: list[SendResult | None] = [None] * len(window)
-            indexed = list(enumerate(window))
+            if self.payloads is not None:
+                window = await self._offload(window, out)
+            indexed = [(i, m) for i, m in enumerate(window) if out[i] is None]
             # A FIFO group's messages must go in order: one part at a time.
             groups = pack_by_size(
                 indexed,
@@ -137,6 +148,27 @@ class PortableQueue:
                 assert result is not None
                 results.append(_reindexed(result, start + offset))
         return results
+
+    async def _offload(self, window: list[Any], out: list[SendResult | None]) -> list[Any]:
+        """Bodies larger than the queue takes go to S3 (the Extended Client's
+        format); a store that fails is that message's result."""
+        assert self.payloads is not None
+        store, limit = self.payloads, self.capabilities.max_body_bytes
+        window = list(window)
+
+        async def offload(index: int) -> None:
+            message = window[index]
+            if not isinstance(message, OutgoingMessage):
+                message = OutgoingMessage(body=message)
+            body = message.body.encode() if isinstance(message.body, str) else message.body
+            try:
+                window[index] = await store.offload(message, body)
+            except MsgclusterError as exc:
+                out[index] = SendResult(index=index, error=exc)
+
+        large = [i for i, message in enumerate(window) if _size_of(message) > limit]
+        await gather_limited(self._limiter, [partial(offload, index) for index in large])
+        return window
 
     async def _send_part(self, part: list[tuple[int, Any]], out: list[SendResult | None]) -> None:
         pending = part
@@ -182,7 +214,27 @@ class PortableQueue:
     ) -> list[ReceivedMessage]:
         """Up to ``max_messages`` (at most the driver's receive batch) visible
         messages, waiting up to ``wait_seconds`` for the first one."""
-        return await self.driver.receive(max_messages, wait_seconds, visibility_timeout)
+        messages = await self.driver.receive(max_messages, wait_seconds, visibility_timeout)
+        if self.payloads is None or not messages:
+            return messages
+        return await self._restore(messages)
+
+    async def _restore(self, messages: list[ReceivedMessage]) -> list[ReceivedMessage]:
+        """Offloaded bodies fetched back. One that cannot be fetched stays a
+        pointer (never dropped): its reader fails it alone."""
+        assert self.payloads is not None
+        store = self.payloads
+        out = list(messages)
+
+        async def restore(index: int) -> None:
+            try:
+                out[index] = await store.restore(out[index])
+            except MsgclusterError as exc:
+                log.warning("offloaded body of %s not fetched: %s", out[index].id, exc)
+
+        pointers = [i for i, m in enumerate(messages) if store.pointer_of(m) is not None]
+        await gather_limited(self._limiter, [partial(restore, index) for index in pointers])
+        return out
 
     def __aiter__(self) -> AsyncIterator[ReceivedMessage]:
         return self.messages()

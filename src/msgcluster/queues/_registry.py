@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Generator
     from types import TracebackType
 
+    from ._offload import PayloadStore
     from ._uri import QueueURI
 
 __all__ = [
@@ -100,23 +101,33 @@ def open_queue(uri: str, /, **options: Any) -> OpeningQueue:
 
     Use as ``async with open_queue(uri) as queue:`` (closed on exit) or
     ``queue = await open_queue(uri)`` (call ``await queue.aclose()``).
-    ``options`` override the URI's query parameters. The scheme is resolved
+    ``options`` override the URI's query parameters; ``payloads=PayloadStore(s3,
+    bucket)`` offloads bodies larger than the queue takes to S3, in the SQS
+    Extended Client's format, and fetches them back on receive. The scheme is resolved
     now, so an unknown one raises :class:`~msgcluster.UnknownSchemeError` here;
     parameters are checked by the backend when the queue opens.
     """
     parsed = parse_queue_uri(uri)
-    return OpeningQueue(_factory_for(parsed.scheme), parsed, options)
+    payloads = options.pop("payloads", None)
+    return OpeningQueue(_factory_for(parsed.scheme), parsed, options, payloads)
 
 
 class OpeningQueue:
     """What :func:`open_queue` returns: await it, or use it with ``async with``."""
 
-    __slots__ = ("_factory", "_options", "_queue", "_uri")
+    __slots__ = ("_factory", "_options", "_payloads", "_queue", "_uri")
 
-    def __init__(self, factory: QueueFactory, uri: QueueURI, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        factory: QueueFactory,
+        uri: QueueURI,
+        options: dict[str, Any],
+        payloads: PayloadStore | None = None,
+    ) -> None:
         self._factory = factory
         self._uri = uri
         self._options = options
+        self._payloads = payloads
         self._queue: Queue | None = None
 
     def __await__(self) -> Generator[Any, None, Queue]:
@@ -131,7 +142,7 @@ class OpeningQueue:
                 f"the {self._uri.scheme}:// backend returned {type(driver).__name__}, "
                 "which does not implement msgcluster.queues.Driver"
             )
-        return PortableQueue(driver)
+        return PortableQueue(driver, payloads=self._payloads)
 
     async def __aenter__(self) -> Queue:
         queue = await self._open()
