@@ -23,12 +23,9 @@ from msgcluster import (
     ParsedRecord,
     Status,
     StatusCode,
-    _callbacks,
-    _cluster_create,
     _clusterkeys,
-    _clusters,
-    _fanin,
 )
+from msgcluster.clusters import _callbacks, _cluster_create, _clusters, _fanin
 from msgcluster.local import LocalAWS
 
 

@@ -58,10 +58,9 @@ from msgcluster import (
     CallbackStatus,
     ParsedRecord,
     Status,
-    _cluster_create,
     _clusterkeys,
-    _clusters,
 )
+from msgcluster.clusters import _cluster_create, _clusters
 from msgcluster.local import LocalAWS
 
 TASKS = 60

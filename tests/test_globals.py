@@ -22,7 +22,7 @@ from faultproxy import (
 )
 
 import msgcluster
-from msgcluster._globals import create_globals, get_globals, globals_key, update_globals
+from msgcluster.clusters._globals import create_globals, get_globals, globals_key, update_globals
 from msgcluster.local import LocalAWS
 
 

@@ -1,6 +1,5 @@
 """msgcluster: trackable, composable SQS work on aiobotocore."""
 
-from ._callbacks import ClusterCallback, ClusterView
 from ._client import Client
 from ._dead_letters import DeadLetterReport
 from ._errors import (
@@ -57,6 +56,7 @@ from ._schemas import (
     Task,
 )
 from ._settings import Settings
+from .clusters._callbacks import ClusterCallback, ClusterView
 from .queues import OutgoingMessage, open_queue
 from .worker import App, Worker
 

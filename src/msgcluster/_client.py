@@ -9,11 +9,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from . import (
-    _cluster_create,
-    _clusters,
     _consume,
     _dead_letters,
-    _globals,
     _lambda,
     _messages,
     _provision,
@@ -24,17 +21,18 @@ from ._clusterkeys import cluster_key
 from ._context import Context
 from ._errors import ConfigurationError
 from ._settings import RetryMode, Settings
+from .clusters import _cluster_create, _clusters, _globals
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
     from types import TracebackType
 
-    from ._callbacks import ClusterCallback
     from ._dead_letters import DeadLetterReport
     from ._lambda import ProcessRecord
     from ._records import ParsedRecord
     from ._results import BatchSendResult
     from ._schemas import MessageClusterRecord, MessageRecord, RecordKey, Status
+    from .clusters._callbacks import ClusterCallback
 
 __all__ = ["Client"]
 

@@ -19,7 +19,6 @@ from ._clusterkeys import TaskRef, cluster_key
 from ._context import iso_now
 from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import EnvelopeError
-from ._fanin import repair, settle_tasks
 from ._incoming import MessageKind, kind_of
 from ._itemcodec import to_attr
 from ._schemas import (
@@ -31,6 +30,7 @@ from ._schemas import (
     Status,
     StatusCode,
 )
+from .clusters._fanin import repair, settle_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

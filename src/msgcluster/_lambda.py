@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._callbacks import run_callback
 from ._clusterkeys import TaskRef, cluster_id_of
 from ._consume import is_complete_batch, mark_failed
 from ._dynamo import batch_write, key_attrs
 from ._errors import ConfigurationError, MalformedEventError, MsgclusterError
-from ._fanin import settle_tasks
 from ._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
 from ._records import ParsedRecord, load_incoming
+from .clusters._callbacks import run_callback
+from .clusters._fanin import settle_tasks
 
 if TYPE_CHECKING:
     from ._context import Context

@@ -25,8 +25,8 @@ from ._schemas import (
 )
 
 if TYPE_CHECKING:
-    from ._callbacks import ClusterView
     from ._context import Context
+    from .clusters._callbacks import ClusterView
 
 __all__ = ["ParsedRecord", "build", "load", "load_incoming", "read"]
 
@@ -172,8 +172,8 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
         ctx = self._require_ctx()
 
         async def get_message_cluster(consistent_read: bool = False) -> ClusterView:
-            from ._callbacks import ClusterView, globals_getter
-            from ._clusters import get_message_cluster as fetch_cluster
+            from .clusters._callbacks import ClusterView, globals_getter
+            from .clusters._clusters import get_message_cluster as fetch_cluster
 
             record = await fetch_cluster(ctx, key, consistent_read=consistent_read)
             return ClusterView(record, globals_getter(ctx, record))
@@ -182,7 +182,7 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
 
     async def get_globals(self, type: Any = Any) -> Any:
         """A task's cluster globals, read straight from S3 (no DynamoDB read)."""
-        from ._globals import get_globals
+        from .clusters._globals import get_globals
 
         pointer = self.globals_pointer
         if pointer is None:

@@ -20,8 +20,8 @@ from .._bodies import BodyDecoder, body_decoder
 from .._errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .._callbacks import ClusterCallback
     from .._client import Client
+    from ..clusters._callbacks import ClusterCallback
     from ._context import MessageContext
 
 __all__ = ["App", "Handler"]

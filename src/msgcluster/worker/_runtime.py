@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from .._errors import MsgclusterError, QueueClosedError
 from .._schemas import RecordKey, RecordType
+from ..clusters._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
 from ._batch import ACKED, Item, read_batch

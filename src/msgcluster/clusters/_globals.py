@@ -34,20 +34,20 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
-from ._batching import Backoff
-from ._errors import (
+from .._batching import Backoff
+from .._errors import (
     AwsError,
     GlobalsConflictError,
     ObjectNotFoundError,
     ValidationError,
     aws_errors,
 )
-from ._schemas import KEY_PREFIX, S3Pointer
+from .._schemas import KEY_PREFIX, S3Pointer
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import PutObjectRequestTypeDef
 
-    from ._context import Context
+    from .._context import Context
 
 __all__ = ["create_globals", "get_globals", "globals_key", "update_globals"]
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from . import _payloads
-from ._batching import gather_limited, iter_chunks
-from ._clusterkeys import (
+from .. import _payloads
+from .._batching import gather_limited, iter_chunks
+from .._clusterkeys import (
     CLUSTER_INDEX_KEY,
     CLUSTER_INDEX_VALUE,
     SHARD_SIZE,
@@ -34,9 +34,9 @@ from ._clusterkeys import (
     shard_key,
     task_key,
 )
-from ._context import iso_now
-from ._dynamo import batch_get, batch_write, get_consistent, key_attrs
-from ._errors import (
+from .._context import iso_now
+from .._dynamo import batch_get, batch_write, get_consistent, key_attrs
+from .._errors import (
     ClusterCreateError,
     ConditionFailedError,
     MetaTooLargeError,
@@ -44,10 +44,9 @@ from ._errors import (
     ValidationError,
     aws_errors,
 )
-from ._fanin import close_shard, maybe_flip
-from ._itemcodec import decode_item, encode_item
-from ._outgoing import Prepared, encode_json, needs_offload, prepare
-from ._schemas import (
+from .._itemcodec import decode_item, encode_item
+from .._outgoing import Prepared, encode_json, needs_offload, prepare
+from .._schemas import (
     MessageClusterRecord,
     RecordKey,
     RecordType,
@@ -57,11 +56,12 @@ from ._schemas import (
     StatusCode,
     TaskEnvelope,
 )
-from ._sending import send_entries
-from .queues._contract import OutgoingMessage
+from .._sending import send_entries
+from ..queues._contract import OutgoingMessage
+from ._fanin import close_shard, maybe_flip
 
 if TYPE_CHECKING:
-    from ._context import Context, QueueInfo
+    from .._context import Context, QueueInfo
 
 __all__ = ["create_message_cluster"]
 

@@ -17,15 +17,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from ._clusterkeys import cluster_key
-from ._context import iso_now
-from ._dynamo import get_consistent, key_attrs
-from ._errors import AwsConnectionError, CallbackError, ConditionFailedError, aws_errors
-from ._itemcodec import decode_item
-from ._schemas import CallbackStatus, MessageClusterRecord, StatusCode
+from .._clusterkeys import cluster_key
+from .._context import iso_now
+from .._dynamo import get_consistent, key_attrs
+from .._errors import AwsConnectionError, CallbackError, ConditionFailedError, aws_errors
+from .._itemcodec import decode_item
+from .._schemas import CallbackStatus, MessageClusterRecord, StatusCode
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
 
 __all__ = ["ClusterCallback", "ClusterView", "globals_getter", "run_callback"]
 

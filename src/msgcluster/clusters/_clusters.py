@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._batching import chunked
-from ._callbacks import ClusterCallback, run_callback
-from ._clusterkeys import (
+from .._batching import chunked
+from .._clusterkeys import (
     CLUSTER_INDEX,
     CLUSTER_INDEX_KEY,
     CLUSTER_INDEX_VALUE,
@@ -19,9 +18,9 @@ from ._clusterkeys import (
     cluster_key,
     shard_key,
 )
-from ._context import iso_now
-from ._dynamo import batch_get, key_attrs
-from ._errors import (
+from .._context import iso_now
+from .._dynamo import batch_get, key_attrs
+from .._errors import (
     ClusterError,
     ConditionFailedError,
     MetaTooLargeError,
@@ -29,21 +28,22 @@ from ._errors import (
     ValidationError,
     aws_errors,
 )
-from ._itemcodec import decode_item, to_attr
-from ._outgoing import encode_json
-from ._records import ParsedRecord
-from ._schemas import (
+from .._itemcodec import decode_item, to_attr
+from .._outgoing import encode_json
+from .._records import ParsedRecord
+from .._schemas import (
     MessageClusterRecord,
     MessageRecord,
     ShardRecord,
     Status,
     StatusCode,
 )
+from ._callbacks import ClusterCallback, run_callback
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from ._context import Context
+    from .._context import Context
 
 __all__ = [
     "cancel_message_cluster",

@@ -15,24 +15,24 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ._batching import Backoff
-from ._clusterkeys import TaskRef, cluster_key, shard_key
-from ._context import iso_now
-from ._dynamo import key_attrs
-from ._errors import (
+from .._batching import Backoff
+from .._clusterkeys import TaskRef, cluster_key, shard_key
+from .._context import iso_now
+from .._dynamo import key_attrs
+from .._errors import (
     ClusterError,
     MsgclusterError,
     ThrottledError,
     TransactionCanceledError,
     aws_errors,
 )
-from ._itemcodec import decode_item
-from ._payloads import fetch
-from ._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
-from .queues._contract import OutgoingMessage as QueueMessage
+from .._itemcodec import decode_item
+from .._payloads import fetch
+from .._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
+from ..queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
 
 __all__ = ["redrive"]
 

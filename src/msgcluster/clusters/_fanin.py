@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._batching import Backoff
-from ._clusterkeys import TaskRef, cluster_key, shard_key
-from ._context import iso_now
-from ._dynamo import get_consistent, key_attrs
-from ._errors import (
+from .._batching import Backoff
+from .._clusterkeys import TaskRef, cluster_key, shard_key
+from .._context import iso_now
+from .._dynamo import get_consistent, key_attrs
+from .._errors import (
     AwsConnectionError,
     ConditionFailedError,
     MsgclusterError,
@@ -41,8 +41,8 @@ from ._errors import (
     TransactionCanceledError,
     aws_errors,
 )
-from ._itemcodec import decode_item
-from ._schemas import (
+from .._itemcodec import decode_item
+from .._schemas import (
     STATUS_CODES,
     CallbackStatus,
     ClusterEventEnvelope,
@@ -52,12 +52,12 @@ from ._schemas import (
     Status,
     StatusCode,
 )
-from .queues._contract import OutgoingMessage as QueueMessage
+from ..queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from ._context import Context
+    from .._context import Context
 
 __all__ = ["close_shard", "maybe_flip", "repair", "settle_tasks", "within_tolerance"]
 
