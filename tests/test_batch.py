@@ -32,8 +32,8 @@ from faultproxy import (
 
 import msgcluster
 from msgcluster import OutgoingMessage, RecordKey, Status
-from msgcluster._sending import WINDOW
 from msgcluster.local import LocalAWS
+from msgcluster.messages._sending import WINDOW
 
 
 class Order(msgspec.Struct):
@@ -122,7 +122,7 @@ async def test_async_iterable_is_streamed_in_windows(
     proxy: FaultProxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("msgcluster._sending.WINDOW", 20)
+    monkeypatch.setattr("msgcluster.messages._sending.WINDOW", 20)
     sends_seen_at: dict[int, int] = {}
 
     async def orders() -> AsyncIterator[Order]:

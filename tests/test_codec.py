@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 import msgcluster
 from msgcluster import MessageClusterRecord, MessageRecord, RecordKey, Status
-from msgcluster._incoming import MessageKind, SqsMessage, classify
 from msgcluster._itemcodec import decode_item, encode_item, from_attr, to_attr
 from msgcluster._schemas import ErrorEntry, MessageEnvelope, S3Pointer, TaskEnvelope
+from msgcluster.read._incoming import MessageKind, SqsMessage, classify
 
 # Floats DynamoDB can hold exactly as Python's repr writes them; ints within 38 digits.
 numbers = st.integers(min_value=-(10**37), max_value=10**37) | st.floats(

@@ -40,8 +40,6 @@ from ._errors import (
     UnknownSchemeError,
     ValidationError,
 )
-from ._incoming import MessageKind
-from ._records import ParsedRecord
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
     CallbackStatus,
@@ -58,6 +56,8 @@ from ._schemas import (
 from ._settings import Settings
 from .clusters._callbacks import ClusterCallback, ClusterView
 from .queues import OutgoingMessage, open_queue
+from .read._incoming import MessageKind
+from .read._records import ParsedRecord
 from .worker import App, Worker
 
 __version__ = "0.1.0"

@@ -8,20 +8,14 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
-from . import (
-    _consume,
-    _dead_letters,
-    _lambda,
-    _messages,
-    _provision,
-    _records,
-    _sending,
-)
+from . import _consume, _dead_letters, _lambda, _provision
 from ._clusterkeys import cluster_key
 from ._context import Context
 from ._errors import ConfigurationError
 from ._settings import RetryMode, Settings
 from .clusters import _cluster_create, _clusters, _globals
+from .messages import _messages, _sending
+from .read import _records
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
@@ -29,10 +23,10 @@ if TYPE_CHECKING:
 
     from ._dead_letters import DeadLetterReport
     from ._lambda import ProcessRecord
-    from ._records import ParsedRecord
     from ._results import BatchSendResult
     from ._schemas import MessageClusterRecord, MessageRecord, RecordKey, Status
     from .clusters._callbacks import ClusterCallback
+    from .read._records import ParsedRecord
 
 __all__ = ["Client"]
 

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from . import _messages, _payloads
+from . import _payloads
 from ._clusterkeys import TaskRef, cluster_key
 from ._context import iso_now
 from ._dynamo import batch_get, batch_write, key_attrs
 from ._errors import EnvelopeError
-from ._incoming import MessageKind, kind_of
 from ._itemcodec import to_attr
 from ._schemas import (
     KEY_PREFIX,
@@ -31,12 +30,14 @@ from ._schemas import (
     StatusCode,
 )
 from .clusters._fanin import repair, settle_tasks
+from .messages import _messages
+from .read._incoming import MessageKind, kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._context import Context
-    from ._incoming import SqsMessage
+    from .read._incoming import SqsMessage
 
 __all__ = [
     "MessageKind",

@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import _consume, _messages, _records
+from . import _consume
 from ._errors import EnvelopeError, RecordError
 from ._schemas import Status
+from .messages import _messages
+from .read import _records
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._context import Context
-    from ._records import ParsedRecord
+    from .read._records import ParsedRecord
 
 __all__ = ["DeadLetterReport", "reconcile_dead_letters"]
 

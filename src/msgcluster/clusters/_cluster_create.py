@@ -45,7 +45,6 @@ from .._errors import (
     aws_errors,
 )
 from .._itemcodec import decode_item, encode_item
-from .._outgoing import Prepared, encode_json, needs_offload, prepare
 from .._schemas import (
     MessageClusterRecord,
     RecordKey,
@@ -56,7 +55,8 @@ from .._schemas import (
     StatusCode,
     TaskEnvelope,
 )
-from .._sending import send_entries
+from ..messages._outgoing import Prepared, encode_json, needs_offload, prepare
+from ..messages._sending import send_entries
 from ..queues._contract import OutgoingMessage
 from ._fanin import close_shard, maybe_flip
 

@@ -29,8 +29,6 @@ from .._errors import (
     aws_errors,
 )
 from .._itemcodec import decode_item, to_attr
-from .._outgoing import encode_json
-from .._records import ParsedRecord
 from .._schemas import (
     MessageClusterRecord,
     MessageRecord,
@@ -38,6 +36,8 @@ from .._schemas import (
     Status,
     StatusCode,
 )
+from ..messages._outgoing import encode_json
+from ..read._records import ParsedRecord
 from ._callbacks import ClusterCallback, run_callback
 
 if TYPE_CHECKING:

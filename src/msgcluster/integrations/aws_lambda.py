@@ -32,16 +32,16 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
-from .._incoming import MessageKind
 from .._lambda import safe_process_batch
 from ..queues._contract import ReceivedMessage
+from ..read._incoming import MessageKind
 from ..worker._context import MessageContext
 from ..worker._flow import Ack
 
 if TYPE_CHECKING:
     from .._client import Client
-    from .._incoming import SqsMessage
-    from .._records import ParsedRecord
+    from ..read._incoming import SqsMessage
+    from ..read._records import ParsedRecord
     from ..worker import App
 
 __all__ = ["SqsLambdaHandler", "lambda_handler"]

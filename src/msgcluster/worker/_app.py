@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import msgspec
 
-from .._bodies import BodyDecoder, body_decoder
 from .._errors import ConfigurationError
+from ..read._bodies import BodyDecoder, body_decoder
 
 if TYPE_CHECKING:
     from .._client import Client

@@ -7,8 +7,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .._errors import MsgclusterError, ObjectNotFoundError, RecordError
-from .._incoming import MessageKind, classify, from_received
-from .._records import ParsedRecord, load_incoming
+from ..read._incoming import MessageKind, classify, from_received
+from ..read._records import ParsedRecord, load_incoming
 from ._context import MessageContext
 from ._metrics import Outcome
 

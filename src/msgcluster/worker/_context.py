@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .._records import ParsedRecord
     from ..queues import Queue, ReceivedMessage
+    from ..read._records import ParsedRecord
 
 __all__ = ["MessageContext"]
 

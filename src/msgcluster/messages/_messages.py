@@ -10,30 +10,30 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._context import iso_now
-from ._dynamo import batch_get, key_attrs
-from ._errors import (
+from .._context import iso_now
+from .._dynamo import batch_get, key_attrs
+from .._errors import (
     ConditionFailedError,
     MsgclusterError,
     RecordNotFoundError,
     ValidationError,
     aws_errors,
 )
-from ._incoming import SqsMessage, classify, normalize
-from ._itemcodec import decode_item, from_attr, to_attr
-from ._records import ParsedRecord
-from ._schemas import (
+from .._itemcodec import decode_item, from_attr, to_attr
+from .._schemas import (
     STATUS_CODES,
     ErrorEntry,
     MessageRecord,
     RecordKey,
     Status,
 )
+from ..read._incoming import SqsMessage, classify, normalize
+from ..read._records import ParsedRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._context import Context
+    from .._context import Context
 
 __all__ = [
     "get_message_record",
@@ -117,7 +117,7 @@ async def update_message_record(
     if meta is not _UNSET:
         meta_bytes = msgspec.json.encode(meta)
         if len(meta_bytes) > ctx.settings.max_meta_bytes:
-            from ._errors import MetaTooLargeError
+            from .._errors import MetaTooLargeError
 
             raise MetaTooLargeError(
                 f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"

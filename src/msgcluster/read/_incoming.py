@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef
-from ._errors import EnvelopeError, InvalidKeyError, MalformedEventError
-from ._payloads import fetch, parse_pointer, payload_record_key
-from ._schemas import (
+from .._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef
+from .._errors import EnvelopeError, InvalidKeyError, MalformedEventError
+from .._payloads import fetch, parse_pointer, payload_record_key
+from .._schemas import (
     ENVELOPE_TYPES,
     ClusterEventEnvelope,
     Envelope,
@@ -36,7 +36,7 @@ from ._schemas import (
 )
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
 
 __all__ = [
     "Incoming",
@@ -149,8 +149,8 @@ def normalize(record: object) -> SqsMessage:
     ReceivedMessage, a ParsedRecord or an SqsMessage."""
     if isinstance(record, SqsMessage):
         return record
+    from ..queues._contract import ReceivedMessage
     from ._records import ParsedRecord
-    from .queues._contract import ReceivedMessage
 
     if isinstance(record, ParsedRecord):
         return record.message

@@ -9,12 +9,10 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import msgspec
 
-from ._bodies import body_decoder
-from ._clusterkeys import TaskRef
-from ._errors import PayloadNotLoadedError, RecordNotFoundError
-from ._incoming import Incoming, MessageKind, classify, normalize, resolve
-from ._payloads import fetch
-from ._schemas import (
+from .._clusterkeys import TaskRef
+from .._errors import PayloadNotLoadedError, RecordNotFoundError
+from .._payloads import fetch
+from .._schemas import (
     NO_BODY,
     MessageEnvelope,
     MessageRecord,
@@ -23,10 +21,12 @@ from ._schemas import (
     S3Pointer,
     TaskEnvelope,
 )
+from ._bodies import body_decoder
+from ._incoming import Incoming, MessageKind, classify, normalize, resolve
 
 if TYPE_CHECKING:
-    from ._context import Context
-    from .clusters._callbacks import ClusterView
+    from .._context import Context
+    from ..clusters._callbacks import ClusterView
 
 __all__ = ["ParsedRecord", "build", "load", "load_incoming", "read"]
 
@@ -172,8 +172,8 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
         ctx = self._require_ctx()
 
         async def get_message_cluster(consistent_read: bool = False) -> ClusterView:
-            from .clusters._callbacks import ClusterView, globals_getter
-            from .clusters._clusters import get_message_cluster as fetch_cluster
+            from ..clusters._callbacks import ClusterView, globals_getter
+            from ..clusters._clusters import get_message_cluster as fetch_cluster
 
             record = await fetch_cluster(ctx, key, consistent_read=consistent_read)
             return ClusterView(record, globals_getter(ctx, record))
@@ -182,7 +182,7 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
 
     async def get_globals(self, type: Any = Any) -> Any:
         """A task's cluster globals, read straight from S3 (no DynamoDB read)."""
-        from .clusters._globals import get_globals
+        from ..clusters._globals import get_globals
 
         pointer = self.globals_pointer
         if pointer is None:
@@ -193,7 +193,7 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
         return await get_globals(self._require_ctx(), pointer, type)
 
     async def get_message_record(self, consistent_read: bool = False) -> MessageRecord:
-        from ._messages import get_message_record
+        from ..messages._messages import get_message_record
 
         if self.key is None:
             raise RecordNotFoundError(
@@ -205,7 +205,7 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
 
     def _require_ctx(self) -> Context:
         if self._ctx is None:
-            from ._errors import ConfigurationError
+            from .._errors import ConfigurationError
 
             raise ConfigurationError(
                 f"message {self.id} was read without a Client: give the App a client"

@@ -9,7 +9,7 @@ from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
-from ._errors import BodyDecodeError
+from .._errors import BodyDecodeError
 
 __all__ = ["BodyDecoder", "body_decoder"]
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
-from ._itemcodec import encode_item
-from ._payloads import EXTENDED_SIZE_ATTRIBUTE, pointer_body
-from ._schemas import (
+from .._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
+from .._itemcodec import encode_item
+from .._payloads import EXTENDED_SIZE_ATTRIBUTE, pointer_body
+from .._schemas import (
     MessageEnvelope,
     MessageRecord,
     RecordKey,
@@ -26,11 +26,11 @@ from ._schemas import (
     StatusCode,
     new_message_key,
 )
-from .queues._checks import check_attribute, check_attribute_name, sqs_attribute
-from .queues._contract import OutgoingMessage
+from ..queues._checks import check_attribute, check_attribute_name, sqs_attribute
+from ..queues._contract import OutgoingMessage
 
 if TYPE_CHECKING:
-    from ._context import Context, QueueInfo
+    from .._context import Context, QueueInfo
 
 __all__ = ["Prepared", "encode_attributes", "prepare"]
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
-from . import _payloads
-from ._batching import gather_limited, iter_chunks
-from ._context import iso_now
-from ._dynamo import batch_write, key_attrs
-from ._errors import (
+from .. import _payloads
+from .._batching import gather_limited, iter_chunks
+from .._context import iso_now
+from .._dynamo import batch_write, key_attrs
+from .._errors import (
     AwsConnectionError,
     AwsError,
     MsgclusterError,
@@ -28,16 +28,16 @@ from ._errors import (
     aws_errors,
     is_sender_fault,
 )
+from .._results import BatchSendResult, EntryFailure
+from ..queues._contract import OutgoingMessage
+from ..queues._portable import is_retryable
 from ._outgoing import Prepared, needs_offload, prepare
-from ._results import BatchSendResult, EntryFailure
-from .queues._contract import OutgoingMessage
-from .queues._portable import is_retryable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Iterable, Sequence
 
-    from ._context import Context, QueueInfo
-    from ._schemas import RecordKey
+    from .._context import Context, QueueInfo
+    from .._schemas import RecordKey
 
 __all__ = ["maybe_sent", "send_entries", "send_message", "send_message_batch"]
 
