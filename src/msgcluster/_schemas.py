@@ -265,8 +265,10 @@ class MessageEnvelope(
     pk: str
     rk: str
     url: str = ""
-    # Raw (not decoded until a body type is known); empty when offloaded.
+    # Raw (not decoded until a body type is known).
     body: msgspec.Raw = NO_BODY
+    # Read only: msgcluster's pointer before it offloaded in the Extended
+    # Client's format (envelopes still in flight may carry it).
     body_s3: S3Pointer | None = None
 
 
@@ -281,7 +283,7 @@ class TaskEnvelope(
     task_id: str = ""
     cluster_pk: str = ""
     task: msgspec.Raw = NO_BODY
-    task_s3: S3Pointer | None = None
+    task_s3: S3Pointer | None = None  # read only, as MessageEnvelope.body_s3
     globals_s3: S3Pointer | None = None
 
 

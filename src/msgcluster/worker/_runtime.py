@@ -9,13 +9,16 @@ Shape (saq / faststream style, on anyio):
   one ``is_complete_batch`` (duplicates are acked without running), handlers
   run under a ``concurrency`` limiter, successful tracked messages are
   completed/counted with one ``mark_complete_batch``, then acked in one call.
-  Nothing is acked before every write it causes has been applied.
+  Nothing is acked before every write it causes has been applied, and work
+  that was completed is never made visible again, even when its ack fails.
+  The same message twice in one batch runs once.
 * A heartbeat extends the visibility of messages whose handler still runs
   (up to ``max_extension`` in all).
 * Failure: the message becomes visible again after a jittered exponential
   backoff; on its last receive a tracked message is recorded as failed (a
   cluster task counts as failed) and the queue's DLQ takes it. ``Reject`` and
-  undecodable bodies go to the DLQ at once.
+  poison (an undecodable body, a mis-keyed envelope) go to the DLQ at once,
+  alone, a tracked one recorded as failed.
 * Shutdown (``stop()``, SIGTERM/SIGINT): stop receiving, release messages
   whose handler has not started, let running handlers finish within
   ``grace_seconds``, then cancel them (their messages are released), and
