@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
-from . import _consume, _dead_letters, _lambda, _provision
+from . import _aws, _consume, _dead_letters, _lambda, _provision
 from ._clusterkeys import cluster_key
 from ._context import Context
 from ._errors import ConfigurationError
@@ -38,7 +38,10 @@ class Client:
 
     Settings come from the arguments, then the environment
     (``MSGCLUSTER_TABLE``, ``MSGCLUSTER_BUCKET``, ``AWS_ENDPOINT_URL``,
-    ``AWS_REGION``), then the defaults listed in :class:`Settings`. The
+    ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_REGION``), then the defaults listed
+    in :class:`Settings`; ``endpoints={"sqs": ..., "s3": ..., "dynamodb":
+    ...}`` overrides the endpoint of one service. Every value is checked
+    here (ConfigurationError). The
     connection pool of each AWS client is sized to ``concurrency``, which is
     also the limit on concurrent AWS requests issued by batch operations.
     """
@@ -50,6 +53,7 @@ class Client:
         endpoint_url: str | None = None,
         region: str | None = None,
         *,
+        endpoints: dict[str, str] | None = None,
         concurrency: int | None = None,
         retry_mode: RetryMode | None = None,
         max_attempts: int | None = None,
@@ -68,6 +72,7 @@ class Client:
             bucket=bucket,
             endpoint_url=endpoint_url,
             region=region,
+            endpoints=endpoints,
             concurrency=concurrency,
             retry_mode=retry_mode,
             max_attempts=max_attempts,
@@ -95,32 +100,32 @@ class Client:
         config = AioConfig(
             max_pool_connections=settings.concurrency,
             retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-            connect_timeout=10,
+            connect_timeout=_aws.CONNECT_TIMEOUT,
             read_timeout=60,
-            # Path-style S3 works with any endpoint (moto, MinIO, LocalStack).
-            s3={"addressing_style": "path"} if settings.endpoint_url else None,
         )
-        kwargs: dict[str, Any] = {"config": config}
-        if settings.region:
-            kwargs["region_name"] = settings.region
-        if settings.endpoint_url:
-            kwargs["endpoint_url"] = settings.endpoint_url
-        if settings.aws_access_key_id:
-            kwargs["aws_access_key_id"] = settings.aws_access_key_id
-            kwargs["aws_secret_access_key"] = settings.aws_secret_access_key
-            kwargs["aws_session_token"] = settings.aws_session_token
-        if "region_name" not in kwargs and not session.get_config_variable("region"):
-            kwargs["region_name"] = "us-east-1"
+        region = _aws.region_for(session, settings.region)
+        credentials = settings.credentials()
         stack = contextlib.AsyncExitStack()
+
+        async def client(service: str, config: AioConfig = config) -> Any:
+            return await _aws.open_client(
+                stack,
+                session,
+                service,
+                config=config,
+                region=region,
+                endpoint=settings.endpoint_for(service),
+                credentials=credentials,
+            )
+
         try:
-            sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
+            sqs = await client("sqs")
             # Items are built and validated by msgcluster's own codec; botocore's
             # client-side re-validation of every nested AttributeValue cost ~20%
             # of client CPU in benchmarks/bench_send.py, so it is off for DynamoDB
             # (AWS still validates server-side, and errors stay typed).
-            ddb_kwargs = kwargs | {"config": config.merge(AioConfig(parameter_validation=False))}
-            ddb = await stack.enter_async_context(session.create_client("dynamodb", **ddb_kwargs))
-            s3 = await stack.enter_async_context(session.create_client("s3", **kwargs))
+            ddb = await client("dynamodb", config.merge(AioConfig(parameter_validation=False)))
+            s3 = await client("s3")
         except BaseException:
             await stack.aclose()
             raise

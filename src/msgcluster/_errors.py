@@ -45,10 +45,11 @@ always chained (``raise ... from exc``) so the botocore detail stays visible.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -93,6 +94,7 @@ __all__ = [
     "UnknownSchemeError",
     "ValidationError",
     "aws_errors",
+    "redact",
     "translate",
 ]
 
@@ -396,18 +398,63 @@ def translate(exc: BaseException, *, resource: str = "") -> MsgclusterError:
         return _translate_client_error(exc, resource)
     if isinstance(exc, BotoCoreError):
         name = type(exc).__name__
+        text = redact(str(exc))
         if name in {"NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError"}:
-            return AccessDeniedError(f"AWS credentials are missing: {exc}", code=name)
-        return AwsConnectionError(f"{name}: {exc}", code=name)
+            return AccessDeniedError(
+                f"AWS credentials are missing ({text}): set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, or a role",
+                code=name,
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return AwsConnectionError(f"{text}: {_UNREACHABLE}", code=name)
+        if name in _NOT_CONNECTION:
+            return ConfigurationError(f"{name}: {text}")
+        return AwsConnectionError(f"{name}: {text}", code=name)
     if isinstance(exc, OSError | TimeoutError):
-        return AwsConnectionError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
-    return MsgclusterError(f"{type(exc).__name__}: {exc}")
+        return AwsConnectionError(
+            f"{type(exc).__name__}: {redact(str(exc))}", code=type(exc).__name__
+        )
+    return MsgclusterError(f"{type(exc).__name__}: {redact(str(exc))}")
+
+
+_UNREACHABLE = (
+    "check the endpoint (endpoint_url, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>) and the "
+    "region, and that the service is running and reachable"
+)
+# botocore errors about the configuration, not the network.
+_NOT_CONNECTION = frozenset(
+    {
+        "NoRegionError",
+        "InvalidRegionError",
+        "UnknownServiceError",
+        "InvalidEndpointConfigurationError",
+        "UnknownEndpointError",
+        "ParamValidationError",
+        "ProfileNotFound",
+        "InvalidConfigError",
+    }
+)
+_USERINFO = re.compile(r"(?<=://)[^\s\"'@]*@")
+_MAX_TEXT = 300
+
+
+def redact(text: str) -> str:
+    """``text`` safe to show: URL userinfo removed, an HTML page (a proxy's or
+    captive portal's answer) named rather than pasted, and length capped."""
+    text = _USERINFO.sub("***@", text)
+    if "<html" in text.lower() or "<!doctype" in text.lower():
+        return "the endpoint answered with an HTML page (is it an AWS endpoint?)"
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
+
+
+_PROVISION = "check the name, or create it with `msgcluster provision` (or Client.provision())"
 
 
 def _translate_client_error(exc: ClientError, resource: str) -> AwsError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", "") or "")
-    text = str(error.get("Message", "") or "")
+    text = redact(str(error.get("Message", "") or ""))
     operation = exc.operation_name
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     where = f" ({resource})" if resource else ""
@@ -415,9 +462,10 @@ def _translate_client_error(exc: ClientError, resource: str) -> AwsError:
     message = f"{operation} failed{where}: {code}: {text}".rstrip(": ")
 
     if code in _NOT_FOUND:
-        return _NOT_FOUND[code](message, **kw)
+        hint = "" if _NOT_FOUND[code] is ObjectNotFoundError else f"; {_PROVISION}"
+        return _NOT_FOUND[code](message + hint, **kw)
     if code == "ResourceNotFoundException":
-        return TableNotFoundError(message, **kw)
+        return TableNotFoundError(f"{message}; {_PROVISION}", **kw)
     if code in {"404", "NotFound"}:
         if operation in {"HeadBucket"}:
             return BucketNotFoundError(message, **kw)

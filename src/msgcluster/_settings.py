@@ -1,62 +1,81 @@
-"""Client settings: arguments first, then environment, then documented defaults."""
+"""Client settings: arguments first, then environment, then documented defaults.
+
+Every setting is checked here, when the Client (or CLI) is built, with the
+ranges AWS allows, so a bad value fails at once with a ConfigurationError
+rather than later, on every send.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from ._aws import DEFAULT_REGION, SERVICES, check_endpoint, check_region, env_endpoints
 from ._errors import ConfigurationError
 
-__all__ = ["Settings"]
+__all__ = ["DEFAULT_REGION", "Settings"]
 
 DEFAULT_TABLE: Final = "msgcluster"
-DEFAULT_REGION: Final = "us-east-1"
 SQS_MAX_MESSAGE_BYTES: Final = 262_144  # the historic SQS limit every queue accepts
 SQS_MAX_BATCH_BYTES: Final = 1_048_576
 RetryMode = Literal["standard", "adaptive", "legacy"]
+# DynamoDB's and S3's naming rules (checked here so a typo is not a 400 later).
+TableName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_.-]{3,255}$")]
+BucketName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+_SECRETS: Final = ("aws_secret_access_key", "aws_session_token")
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Resolved configuration of a :class:`~msgcluster.Client`.
 
-    ============================  =========================  =====================
-    setting                       environment                default
-    ============================  =========================  =====================
-    ``table``                     ``MSGCLUSTER_TABLE``       ``"msgcluster"``
-    ``bucket``                    ``MSGCLUSTER_BUCKET``      none (needed for S3)
-    ``endpoint_url``              ``AWS_ENDPOINT_URL``       AWS
-    ``region``                    ``AWS_REGION``,            profile, else
-                                  ``AWS_DEFAULT_REGION``     ``us-east-1``
-    ``concurrency``                                          32
-    ``retry_mode``                                           ``"standard"``
-    ``max_attempts``                                         8
-    ``retention_days``                                       30
-    ``max_message_bytes``                                    262,144
-    ``max_meta_bytes``                                       32,768
-    ``record_body_bytes``                                    1,024
-    ``max_receive_count``                                    5 (``provision``)
-    ============================  =========================  =====================
+    ============================  ===========================  =====================
+    setting                       environment                  default
+    ============================  ===========================  =====================
+    ``table``                     ``MSGCLUSTER_TABLE``         ``"msgcluster"``
+    ``bucket``                    ``MSGCLUSTER_BUCKET``        none (needed for S3)
+    ``endpoint_url``              ``AWS_ENDPOINT_URL``         AWS
+    ``endpoints`` (per service)   ``AWS_ENDPOINT_URL_SQS``,    ``endpoint_url``
+                                  ``_DYNAMODB``, ``_S3``
+    ``region``                    ``AWS_REGION``,              profile, else
+                                  ``AWS_DEFAULT_REGION``       ``us-east-1``
+    ``concurrency``                                            32 (1-1000)
+    ``retry_mode``                                             ``"standard"``
+    ``max_attempts``                                           8 (1-50)
+    ``retention_days``                                         30 (1-3650)
+    ``max_message_bytes``                                      262,144 (1 KiB-1 MiB)
+    ``max_meta_bytes``                                         32,768 (16-350,000)
+    ``record_body_bytes``                                      1,024 (0-350,000)
+    ``max_receive_count``                                      5 (1-1000, ``provision``)
+    ============================  ===========================  =====================
+
+    An explicit ``endpoint_url`` wins over every environment endpoint; the
+    config file's ``services`` sections apply when nothing else names one.
+    ``repr()`` never shows the secret key or session token.
     """
 
-    table: str = DEFAULT_TABLE
-    bucket: str | None = None
+    table: TableName = DEFAULT_TABLE
+    bucket: BucketName | None = None
     endpoint_url: str | None = None
+    endpoints: dict[str, str] = {}
     region: str | None = None
-    concurrency: int = 32
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     retry_mode: RetryMode = "standard"
-    max_attempts: int = 8
-    retention_days: int = 30
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 8
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
     # Messages whose encoded envelope is larger go to S3; SQS's own cap is
     # 1 MiB for new queues, but 256 KiB is the limit every queue accepts.
-    max_message_bytes: int = SQS_MAX_MESSAGE_BYTES
-    max_meta_bytes: int = 32_768
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=SQS_MAX_BATCH_BYTES)] = (
+        SQS_MAX_MESSAGE_BYTES
+    )
+    # Meta lives on the record item (400 KB at most, keys and body included).
+    max_meta_bytes: Annotated[int, msgspec.Meta(ge=16, le=350_000)] = 32_768
     # Bodies up to this size are copied onto the record for the console;
     # larger ones are not (every KB on an item costs a WCU per write).
-    record_body_bytes: int = 1_024
-    max_errors: int = 10
-    max_receive_count: int = 5
+    record_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=350_000)] = 1_024
+    max_errors: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    max_receive_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5  # SQS's range
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
@@ -70,34 +89,48 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         bucket: str | None = None,
         endpoint_url: str | None = None,
         region: str | None = None,
+        endpoints: dict[str, str] | None = None,
         **options: object,
     ) -> Settings:
+        """Arguments (None means not given), then the environment, then defaults."""
         env = os.environ
+        each: dict[str, str] = {}
+        if endpoint_url is None:  # an explicit endpoint_url wins over the environment's
+            endpoint_url, each = env_endpoints(env)
+        for service, url in (endpoints or {}).items():
+            if service not in SERVICES:
+                raise ConfigurationError(
+                    f"endpoints takes {', '.join(SERVICES)}; got a key {str(service)[:40]!r}"
+                )
+            each[service] = check_endpoint(url, f"endpoints[{service!r}]")
+        values = {
+            "table": env.get("MSGCLUSTER_TABLE") or DEFAULT_TABLE if table is None else table,
+            "bucket": (env.get("MSGCLUSTER_BUCKET") if bucket is None else bucket) or None,
+            "endpoint_url": None if endpoint_url is None else check_endpoint(endpoint_url),
+            "endpoints": each,
+            "region": region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        if values["region"] is not None:
+            check_region(values["region"])
         try:
-            settings = msgspec.convert(
-                {
-                    "table": table or env.get("MSGCLUSTER_TABLE") or DEFAULT_TABLE,
-                    "bucket": bucket or env.get("MSGCLUSTER_BUCKET") or None,
-                    "endpoint_url": endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
-                    "region": region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-                    **{k: v for k, v in options.items() if v is not None},
-                },
-                cls,
-            )
+            return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
-            raise ConfigurationError(f"invalid Client setting: {exc}") from exc
-        settings.check()
-        return settings
+            raise ConfigurationError(f"invalid Client setting: {_explain(exc)}") from None
 
-    def check(self) -> None:
-        if not self.table:
-            raise ConfigurationError("table must be a non-empty DynamoDB table name")
-        positive = ("concurrency", "max_attempts", "retention_days", "max_message_bytes")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_message_bytes > SQS_MAX_BATCH_BYTES:
-            raise ConfigurationError("max_message_bytes cannot exceed SQS's 1 MiB limit")
+    def endpoint_for(self, service: str) -> str | None:
+        """The endpoint set for ``service`` (None: botocore's own resolution)."""
+        return self.endpoints.get(service) or self.endpoint_url
+
+    def credentials(self) -> dict[str, str | None]:
+        """Keyword arguments for create_client (empty: botocore's credential chain)."""
+        if not self.aws_access_key_id:
+            return {}
+        return {
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+            "aws_session_token": self.aws_session_token,
+        }
 
     def require_bucket(self, why: str) -> str:
         if not self.bucket:
@@ -105,3 +138,34 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 f"{why} needs an S3 bucket: pass Client(bucket=...) or set MSGCLUSTER_BUCKET"
             )
         return self.bucket
+
+    def __repr__(self) -> str:
+        fields = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            shown = "'***'" if name in _SECRETS and value else repr(value)
+            fields.append(f"{name}={shown}")
+        return f"Settings({', '.join(fields)})"
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> Any:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            yield name, "***" if name in _SECRETS and value else value
+
+
+_HINTS: Final = {
+    "table": "a DynamoDB table name: 3-255 letters, digits, '_', '.' or '-'",
+    "bucket": "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
+}
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, with the field's rule instead of a regex, and never
+    a value (a mistyped secret must not be echoed)."""
+    text = str(exc)
+    field = text.rpartition("$.")[2].strip("`' ")
+    if field in _HINTS:
+        return f"{field} must be {_HINTS[field]}"
+    return text

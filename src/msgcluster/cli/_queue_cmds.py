@@ -65,33 +65,34 @@ def queue_options(uri: QueueURI, inv: Invocation) -> dict[str, Any]:
     if uri.scheme not in _AWS_SCHEMES:
         return {}
     settings, options = inv.settings, {}
-    if settings.endpoint_url and "endpoint" not in uri.params:
-        options["endpoint"] = settings.endpoint_url
+    endpoint = settings.endpoint_for("dynamodb" if uri.scheme == "dynamodb" else "sqs")
+    if endpoint and "endpoint" not in uri.params:
+        options["endpoint"] = endpoint
     if "region" not in uri.params:
         in_url = _SQS_URL_REGION.match(uri.location) if uri.scheme in ("http", "https") else None
         region = in_url.group(1) if in_url else settings.region
-        options["region"] = region or _profile_region() or "us-east-1"
+        if region:  # else the backend's default (profile, then us-east-1)
+            options["region"] = region
     return options
 
 
-def _profile_region() -> str | None:
-    from aiobotocore.session import AioSession
-
-    region = AioSession().get_config_variable("region")
-    return str(region) if region else None
-
-
 @contextlib.asynccontextmanager
-async def opened(inv: Invocation, *, by_id: str | None = None) -> AsyncIterator[Queue]:
+async def opened(
+    inv: Invocation, *, by_id: str | None = None, read_only: bool = False
+) -> AsyncIterator[Queue]:
     """The queue of ``inv.args.queue``, closed on exit.
 
     ``by_id`` names a command that addresses messages by id: on sqs:// it is
-    refused before any AWS request.
+    refused before any AWS request. ``read_only`` commands never create
+    state: a dynamodb:// queue that does not exist is an error, not made.
     """
     uri = parse_queue_uri(inv.args.queue)
     if by_id is not None and uri.scheme in _SQS_SCHEMES:
         raise unsupported(uri.uri, by_id)
-    async with open_queue(uri.uri, **queue_options(uri, inv)) as queue:
+    options = queue_options(uri, inv)
+    if read_only and uri.scheme == "dynamodb":
+        options["create"] = False
+    async with open_queue(uri.uri, **options) as queue:
         yield queue
 
 
@@ -182,7 +183,7 @@ def _show_stats(inv: Invocation, uri: str, stats: QueueStats, title: str) -> Non
 
 
 async def qstat(inv: Invocation) -> int:
-    async with opened(inv) as queue:
+    async with opened(inv, read_only=True) as queue:
         if isinstance(driver_of(queue), QueueAdmin):
             stats = await admin(queue, "qstat").stats()
         else:
@@ -192,7 +193,7 @@ async def qstat(inv: Invocation) -> int:
 
 
 async def dlq(inv: Invocation) -> int:
-    async with opened(inv) as queue:
+    async with opened(inv, read_only=not inv.args.reconcile) as queue:
         if inv.args.reconcile:
             return await sqs_admin.reconcile(inv, sqs_only(queue, "dlq --reconcile"))
         if isinstance(driver_of(queue), QueueAdmin):
@@ -209,7 +210,7 @@ async def dlq(inv: Invocation) -> int:
 async def ls(inv: Invocation) -> int:
     dead_letters: bool = inv.args.dlq
     limit: int | None = inv.args.limit
-    async with opened(inv, by_id="ls") as queue:
+    async with opened(inv, by_id="ls", read_only=True) as queue:
         messages = admin(queue, "ls").list_messages(
             dead_letters=dead_letters, page_size=inv.args.page_size
         )
@@ -271,7 +272,7 @@ async def _ls_json(
 
 
 async def get(inv: Invocation) -> int:
-    async with opened(inv, by_id="get") as queue:
+    async with opened(inv, by_id="get", read_only=True) as queue:
         message = await admin(queue, "get").get_message(inv.args.id)
         if message is None:
             raise NotFound(f"no message {inv.args.id} in {queue.uri}")

@@ -26,6 +26,7 @@ import anyio
 from .._errors import (
     ConditionFailedError,
     MsgclusterError,
+    QueueNotFoundError,
     QueueURIError,
     ReceiptError,
     ValidationError,
@@ -47,7 +48,7 @@ from ._dynamodb_keys import QueueMeta, Receipt, decode_receipt, meta_key
 from ._dynamodb_provision import provision_dynamodb_queue_table
 from ._dynamodb_store import DynamoStore
 from ._handle import QueueHandle
-from ._uri import Param, boolean, integer, number, read_params, text
+from ._uri import Param, boolean, endpoint, integer, number, read_params, text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -78,7 +79,7 @@ def _queue_name(value: object) -> str:
 PARAMS: dict[str, Param[Any]] = {
     "queue": Param(_queue_name),
     "region": Param(text),
-    "endpoint": Param(text),
+    "endpoint": Param(endpoint),
     "visibility_timeout": Param(number(0, 43_200)),
     "delay": Param(number(0, 900)),
     "max_receives": Param(integer(0, 1000)),  # 0: never dead-letter
@@ -91,6 +92,8 @@ PARAMS: dict[str, Param[Any]] = {
     "poll_interval": Param(number(0.01, 20)),
     "max_connections": Param(integer(1, 1000)),
     "provision": Param(boolean),
+    # create=false: open only a queue that exists (read-only tools never write).
+    "create": Param(boolean),
     "client": Param(_any, query=False),
     "session": Param(_any, query=False),
 }
@@ -196,6 +199,13 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
                 TableName=self._table, Key=meta_key(name), ConsistentRead=True
             )
         if "Item" not in found:
+            if not self._params.get("create", True):
+                raise QueueNotFoundError(
+                    f"{resource} does not exist (no queue= means queue=default); check the "
+                    "name, or create it by opening it for sending or with `msgcluster provision`",
+                    code="QueueDoesNotExist",
+                    operation="GetItem",
+                )
             try:
                 with aws_errors(resource=resource):
                     await self._client.put_item(

@@ -14,6 +14,7 @@ import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
+from .. import _aws
 from .._errors import QueueClosedError
 
 if TYPE_CHECKING:
@@ -48,16 +49,22 @@ class QueueHandle:
         config = AioConfig(
             max_pool_connections=params.get("max_connections", 16),
             retries={"mode": "standard"},
+            connect_timeout=_aws.CONNECT_TIMEOUT,
         )
-        kwargs: dict[str, Any] = {"config": config}
-        if "region" in params:
-            kwargs["region_name"] = params["region"]
         endpoint = params.get("endpoint", endpoint_url)
-        if endpoint is not None:
-            kwargs["endpoint_url"] = endpoint
+        if endpoint is None:
+            common, each = _aws.env_endpoints()
+            endpoint = each.get(service, common)
         if self._stack is None:
             self._stack = AsyncExitStack()
-        return await self._stack.enter_async_context(session.create_client(service, **kwargs))
+        return await _aws.open_client(
+            self._stack,
+            session,
+            service,
+            config=config,
+            region=_aws.region_for(session, params.get("region")),
+            endpoint=None if endpoint is None else _aws.check_endpoint(endpoint, "endpoint"),
+        )
 
     @contextmanager
     def _poll_scope(self) -> Iterator[None]:

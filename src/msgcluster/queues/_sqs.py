@@ -42,7 +42,7 @@ from ._checks import (
 )
 from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
 from ._handle import QueueHandle
-from ._uri import Param, boolean, integer, read_params, text
+from ._uri import Param, boolean, endpoint, integer, read_params, text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -77,7 +77,7 @@ def _any(value: object) -> object:
 
 PARAMS: dict[str, Param[Any]] = {
     "region": Param(text),
-    "endpoint": Param(text),
+    "endpoint": Param(endpoint),
     "account": Param(text),
     # Default connection pool of a client this backend creates.
     "max_connections": Param(integer(1, 1000)),

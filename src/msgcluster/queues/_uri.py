@@ -4,12 +4,14 @@ each backend against the parameters it declares."""
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
-from .._errors import QueueURIError
+from .._aws import check_endpoint
+from .._errors import ConfigurationError, QueueURIError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -18,10 +20,13 @@ __all__ = [
     "Param",
     "QueueURI",
     "boolean",
+    "endpoint",
     "integer",
     "number",
     "parse_queue_uri",
     "read_params",
+    "shown",
+    "shown_value",
     "text",
 ]
 
@@ -43,32 +48,87 @@ class QueueURI(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def parse_queue_uri(uri: str) -> QueueURI:
-    """Split ``uri``; raise QueueURIError if it is malformed or carries credentials."""
-    if not isinstance(uri, str) or "://" not in uri:
-        raise QueueURIError(f"not a queue URI (expected scheme://name): {uri!r}")
-    parts = urlsplit(uri)
-    if "@" in parts.netloc:
-        # Never echo the userinfo: it may hold a secret (and a user name alone
-        # is usually an access key id). Credentials come from the environment.
-        shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}{parts.path}"
+    """Split ``uri``; raise QueueURIError if it is malformed or carries credentials.
+
+    Errors show the URI only as :func:`shown` renders it: no userinfo and no
+    query values, which may hold a secret.
+    """
+    if not isinstance(uri, str):
+        raise QueueURIError(f"a queue URI must be a string, got {type(uri).__name__}")
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
         raise QueueURIError(
-            f"queue URIs never carry credentials; remove the user:password@ part "
-            f"({shown}) and configure credentials the usual way (environment, profile, role)"
+            "not a queue URI: expected scheme://name, for example sqs://jobs, "
+            "dynamodb://table?queue=jobs or memory://tasks"
         )
-    if parts.fragment:
-        raise QueueURIError(f"queue URIs take no #fragment: {uri!r}")
+    _refuse_credentials(scheme, rest)
+    parts = urlsplit(uri)
+    if parts.fragment or "#" in uri:
+        raise QueueURIError(f"queue URIs take no #fragment: {shown(uri)}")
     params: dict[str, str] = {}
     try:
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError as exc:
-        raise QueueURIError(f"malformed query string in {uri!r}: {exc}") from exc
+    except ValueError:
+        raise QueueURIError(
+            f"malformed query string in {shown(uri)}: write ?name=value&name=value"
+        ) from None
     for name, value in pairs:
         if name in params:
-            raise QueueURIError(f"query parameter {name!r} is given twice in {uri!r}")
+            raise QueueURIError(f"query parameter {_name(name)} is given twice in {shown(uri)}")
         params[name] = value
     return QueueURI(
         uri=uri, scheme=parts.scheme.lower(), location=parts.netloc + parts.path, params=params
     )
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_SECRET_NAME = re.compile(r"secret|passw|token|credential|access_?key|signature", re.I)
+_SAFE_VALUE = re.compile(r"[\w.:/-]{0,32}")
+_CREDENTIALS_HINT = "configure credentials the usual way (environment, profile, role)"
+
+
+def _refuse_credentials(scheme: str, rest: str) -> None:
+    """Credentials in a URI end up in logs, errors and process lists: refuse
+    them wherever they stand (userinfo, even with a '/' in the secret; a
+    credential-named parameter; a URL with userinfo as a parameter value)."""
+    location, _, query = rest.partition("?")
+    location = location.partition("#")[0]
+    if "@" in location:
+        raise QueueURIError(
+            f"queue URIs never carry credentials: remove the user:password@ part "
+            f"({scheme}://***@{_safe(location.rpartition('@')[2])}) and {_CREDENTIALS_HINT}"
+        )
+    for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=True):
+        if _SECRET_NAME.search(name) or ("://" in value and "@" in value):
+            raise QueueURIError(
+                f"queue URIs never carry credentials (query parameter {_name(name)}): "
+                f"remove it and {_CREDENTIALS_HINT}"
+            )
+
+
+def shown(uri: str) -> str:
+    """``uri`` as errors and logs may show it: scheme, location and parameter
+    names; userinfo and parameter values are left out."""
+    scheme, _, rest = uri.partition("://")
+    location, _, query = rest.partition("?")
+    location = location.partition("#")[0].rpartition("@")[2]
+    names = [_name(name) for name, _ in parse_qsl(query.partition("#")[0], keep_blank_values=True)]
+    tail = ("?" + "&".join(f"{name}=..." for name in names)) if names else ""
+    return f"{_safe(scheme)}://{_safe(location)}{tail}"
+
+
+def shown_value(value: object) -> str:
+    """A parameter value as an error may show it: short plain values only."""
+    text_value = value if isinstance(value, str) else repr(value)
+    return repr(text_value) if _SAFE_VALUE.fullmatch(text_value) else "(value hidden)"
+
+
+def _safe(text_value: str) -> str:
+    return text_value if len(text_value) <= 200 else text_value[:200] + "..."
+
+
+def _name(name: str) -> str:
+    return repr(name) if len(name) <= 64 else repr(name[:64] + "...")
 
 
 class Param(Generic[T]):
@@ -113,7 +173,7 @@ def read_params(
             out[name] = spec[name].convert(value)
         except (ValueError, TypeError) as exc:
             raise QueueURIError(
-                f"invalid {where} {name}={value!r} for {uri.scheme}://: {exc}"
+                f"invalid {where} {name}={shown_value(value)} for {uri.scheme}://: {exc}"
             ) from exc
     return out
 
@@ -162,3 +222,11 @@ def text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
     return value
+
+
+def endpoint(value: object) -> str:
+    """An http(s) endpoint URL (checked like the Client's ``endpoint_url``)."""
+    try:
+        return check_endpoint(value, "endpoint")
+    except ConfigurationError as exc:
+        raise ValueError(str(exc).removeprefix("endpoint ")) from None

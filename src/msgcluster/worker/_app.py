@@ -57,6 +57,15 @@ class App:
         self._decoder: BodyDecoder | None = None
         self.cluster_callback: ClusterCallback | None = None
 
+    def check_ready(self) -> None:
+        """Refuse to consume with nothing to run: every message would be
+        dead-lettered as having no handler."""
+        if not self._handlers and self.cluster_callback is None:
+            raise ConfigurationError(
+                f"App {self.name!r} has no handlers: register one with @app.handler(BodyType) "
+                "(or a cluster callback) before starting a Worker"
+            )
+
     # ---------------------------------------------------------- registration
 
     def handler(self, body_type: type[T]) -> Callable[[Handler], Handler]:

@@ -33,7 +33,7 @@ import math
 import random
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -42,17 +42,22 @@ from .._schemas import RecordKey, RecordType
 from ..clusters._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
+from ..queues._uri import parse_queue_uri, shown
 from ._batch import ACKED, Item, read_batch
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
+from ._options import check_options
 from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from ._app import App
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("msgcluster.worker")
+T = TypeVar("T")
 
 
 class Worker:
@@ -82,8 +87,20 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         queue_options: dict[str, Any] | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        check_options(
+            concurrency=concurrency,
+            receivers=receivers,
+            prefetch=prefetch,
+            wait_seconds=wait_seconds,
+            visibility_timeout=visibility_timeout,
+            max_extension=max_extension,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            grace_seconds=grace_seconds,
+        )
+        app.check_ready()
+        if isinstance(queue, str):
+            parse_queue_uri(queue)  # a malformed URI (or one with credentials) fails here
         self.app = app
         self._queue_arg = queue
         self._queue_options = queue_options or {}
@@ -113,17 +130,22 @@ class Worker:
         self._destination = ("", "")
         # Cluster key -> set when this worker's own run of its callback ends.
         self._callbacks_running: dict[RecordKey, anyio.Event] = {}
+        # Receivers waiting for slots or backing off: cancelled by stop().
+        self._waits: set[anyio.CancelScope] = set()
 
     # ------------------------------------------------------------------ API
 
     def __repr__(self) -> str:
         queue = self._queue_arg if isinstance(self._queue_arg, str) else self._queue_arg.uri
+        queue = shown(queue)
         state = "stopping" if self._stopping.is_set() else f"{self._in_flight} in flight"
         return f"<Worker {queue!r} concurrency={self.concurrency} {state}>"
 
     def stop(self) -> None:
         """Begin a graceful shutdown (idempotent; safe from a handler)."""
         self._stopping.set()
+        for scope in self._waits:
+            scope.cancel()
 
     @property
     def stopping(self) -> bool:
@@ -148,7 +170,11 @@ class Worker:
                     for _ in range(self.receivers):
                         receiving.start_soon(self._receive_loop, queue, batches)
                     await self._stopping.wait()
-                    receiving.cancel_scope.cancel()
+                    # Polls in progress are not abandoned: the server may still
+                    # hand them messages, which would then sit invisible. Each
+                    # receiver finishes its poll and releases what it got.
+                    poll = min(self.wait_seconds, queue.capabilities.max_wait_seconds)
+                    receiving.cancel_scope.deadline = anyio.current_time() + poll + 10
                 # Receiving stopped: drain what is in flight, then cut it off.
                 with anyio.move_on_after(self.grace_seconds):
                     while self._in_flight:
@@ -170,7 +196,9 @@ class Worker:
         failures = 0
         max_batch = min(10, queue.capabilities.max_receive_batch)
         while not self._stopping.is_set():
-            wanted = await self._reserve(max_batch)
+            wanted = await self._unless_stopped(self._reserve(max_batch))
+            if wanted is None:
+                return
             settled_before = self._batches_settled
             try:
                 messages = await queue.receive(
@@ -188,10 +216,13 @@ class Worker:
                 failures += 1
                 delay = self._backoff(failures, cap=20.0)
                 log.warning("receive failed (%s); retrying in %.1f s", exc, delay)
-                await anyio.sleep(delay)
+                await self._unless_stopped(anyio.sleep(delay))
                 continue
             failures = 0
             self._release_slots(wanted - len(messages))
+            if self._stopping.is_set():
+                await self._release_received(queue, messages)
+                return
             if not messages:
                 # Burst: empty only counts if nothing settled while this
                 # receive waited (a retry made visible meanwhile may be missed
@@ -201,6 +232,28 @@ class Worker:
                 continue
             self._add_in_flight(len(messages))
             batches.start_soon(self._settle_batch, queue, messages)
+
+    async def _unless_stopped(self, waiting: Awaitable[T]) -> T | None:
+        """``await waiting``, or None once stop() is called (it cancels the wait)."""
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                if self._stopping.is_set():
+                    scope.cancel()
+                return await waiting
+            finally:
+                self._waits.discard(scope)
+        return None
+
+    async def _release_received(self, queue: Queue, messages: list[ReceivedMessage]) -> None:
+        """Make what a poll returned after stop() visible again at once."""
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await queue.change_visibility([(message, 0) for message in messages])
+        except Exception as exc:  # harmless: they reappear after their timeout
+            log.debug("release of %d message(s) failed: %s", len(messages), exc)
+        finally:
+            self._release_slots(len(messages))
 
     async def _reserve(self, most: int) -> int:
         """Reserve slots for one receive: a full batch, waited for in turn.
