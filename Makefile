@@ -5,7 +5,19 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-localstack lint typecheck pytest bench clean
+
+# The second emulator (LocalStack for SQS and S3; DynamoDB stays on moto) runs
+# in its own venv: localstack-core pins an older botocore than aiobotocore
+# allows, and needs Python 3.13+. Found on PATH or in pyenv, or set it.
+LOCALSTACK_PYTHON ?= $(firstword $(shell command -v python3.13 python3.14 2>/dev/null) \
+	$(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13))
+LSVENV := .venv-localstack
+# The SQS and S3 behaviour tests; the rest (moto patches, DynamoDB-only, CLI) need moto alone.
+LOCALSTACK_TESTS := tests/test_queue_conformance.py tests/test_messages.py tests/test_batch.py \
+	tests/test_lambda.py tests/test_lambda_adapter.py tests/test_clusters.py tests/test_globals.py \
+	tests/test_payloads.py tests/test_dead_letters.py tests/test_worker.py tests/test_uri_queues.py \
+	tests/test_peers.py tests/test_isolation.py
 
 $(VENV)/.created:
 	$(PYTHON) -c 'import sys; sys.exit("msgcluster needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -36,8 +48,19 @@ pytest: $(VENV)/.dev
 
 test: lint typecheck pytest
 
+$(LSVENV)/.created: tests/localstack-requirements.txt
+	@test -n "$(LOCALSTACK_PYTHON)" || { echo "test-localstack needs Python 3.13+: set LOCALSTACK_PYTHON=/path/to/python3.13"; exit 1; }
+	rm -rf $(LSVENV)
+	$(LOCALSTACK_PYTHON) -m venv $(LSVENV)
+	$(LSVENV)/bin/python -m pip install --quiet --no-deps -r tests/localstack-requirements.txt
+	touch $@
+
+test-localstack: $(VENV)/.dev $(LSVENV)/.created
+	MSGCLUSTER_TEST_EMULATOR=localstack MSGCLUSTER_LOCALSTACK_PYTHON=$(LSVENV)/bin/python \
+		$(PY) -m pytest -k "not memory and not dynamodb" $(LOCALSTACK_TESTS)
+
 bench: $(VENV)/.dev
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LSVENV) .mypy_cache .ruff_cache .pytest_cache

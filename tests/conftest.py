@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from emulators import emulated_aws
 from faultproxy import FaultProxy
 
 import msgcluster
@@ -24,7 +25,8 @@ EVENTS = Path(__file__).parent / "events"
 
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAWS]:
-    with LocalAWS() as aws:
+    """moto; or, under ``make test-localstack``, SQS and S3 on LocalStack (see emulators)."""
+    with emulated_aws() as aws:
         yield aws
 
 

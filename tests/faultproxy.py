@@ -1100,9 +1100,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers: list[tuple[str, str]] = [
             (k, v) for k, v in request.headers if k.lower() not in _DROP_REQUEST_HEADERS
         ]
+        host, port, netloc = proxy.routes.get(
+            request.service, (proxy.upstream_host, proxy.upstream_port, proxy.upstream_netloc)
+        )
         if proxy.rewrite_host or not any(k.lower() == "host" for k, _ in headers):
             headers = [(k, v) for k, v in headers if k.lower() != "host"]
-            headers.insert(0, ("Host", proxy.upstream_netloc))
+            headers.insert(0, ("Host", netloc))
         if (
             request.body
             or request.method.upper() in ("POST", "PUT", "PATCH")
@@ -1112,10 +1115,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self._upstream_lock:
             for attempt in range(2):
                 conn = self._upstream
+                if conn is not None and (conn.host, conn.port) != (host, port):
+                    conn.close()  # this request goes to the other emulator
+                    conn = self._upstream = None
                 if conn is None:
-                    conn = http.client.HTTPConnection(
-                        proxy.upstream_host, proxy.upstream_port, timeout=proxy.upstream_timeout
-                    )
+                    conn = http.client.HTTPConnection(host, port, timeout=proxy.upstream_timeout)
                     self._upstream = conn
                 reused = conn.sock is not None
                 with self.server.lock:
@@ -1167,13 +1171,22 @@ def _reason(status: int) -> str:
 # --------------------------------------------------------------------------
 
 
+def _address(url: str) -> tuple[str, int, str]:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"upstream must be an http://host:port URL, got {url!r}")
+    return parts.hostname, parts.port or 80, parts.netloc
+
+
 class FaultProxy:
     """A fault-injecting HTTP/1.1 proxy on ``127.0.0.1`` (free port).
 
     ``upstream`` is the base URL of the real server (moto), e.g.
     ``"http://127.0.0.1:5000"``. The client's Host header is forwarded as sent
     unless ``rewrite_host=True``. Requests that match no rule are forwarded
-    unchanged.
+    unchanged. ``routes`` sends the requests of some services elsewhere
+    (``{"sqs": localstack_url, "s3": localstack_url}``: two emulators behind
+    one endpoint).
     """
 
     def __init__(
@@ -1183,14 +1196,11 @@ class FaultProxy:
         host: str = "127.0.0.1",
         upstream_timeout: float = 120.0,
         rewrite_host: bool = False,
+        routes: dict[str, str] | None = None,
     ) -> None:
-        parts = urlsplit(upstream)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"upstream must be an http://host:port URL, got {upstream!r}")
         self.upstream = upstream.rstrip("/")
-        self.upstream_host: str = parts.hostname
-        self.upstream_port: int = parts.port or 80
-        self.upstream_netloc: str = parts.netloc
+        self.upstream_host, self.upstream_port, self.upstream_netloc = _address(upstream)
+        self.routes = {service: _address(url) for service, url in (routes or {}).items()}
         self.upstream_timeout = upstream_timeout
         self.rewrite_host = rewrite_host
         self._host = host

@@ -162,7 +162,7 @@ async def test_an_open_client_passed_in_is_used_and_left_open(mc: msgcluster.Cli
 
 
 async def test_lifespan_arguments_are_checked(local_aws: LocalAWS) -> None:
-    closed = msgcluster.Client(table="t", **local_aws.settings())
+    closed = msgcluster.Client(table="ttt", **local_aws.settings())
     app = FastAPI(lifespan=msgcluster_lifespan(closed))
     with pytest.raises(ConfigurationError, match="not open"):
         async with app.router.lifespan_context(app):
