@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from aiobotocore.config import AioConfig
 from botocore.exceptions import EndpointConnectionError
 
+from . import _redaction
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -123,6 +124,9 @@ async def open_client(
     S3 uses path-style addressing whenever its endpoint is not AWS's own
     (moto, LocalStack, MinIO), however that endpoint was configured.
     """
+    _redaction.install()
+    for name in ("aws_secret_access_key", "aws_session_token"):
+        _redaction.register_secret((credentials or {}).get(name))
     kwargs: dict[str, Any] = {"region_name": region, "config": config, **(credentials or {})}
     if endpoint is not None:
         kwargs["endpoint_url"] = endpoint

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from . import _redaction
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -441,7 +443,7 @@ _MAX_TEXT = 300
 def redact(text: str) -> str:
     """``text`` safe to show: URL userinfo removed, an HTML page (a proxy's or
     captive portal's answer) named rather than pasted, and length capped."""
-    text = _USERINFO.sub("***@", text)
+    text = _USERINFO.sub("***@", _redaction.redact(text))
     if "<html" in text.lower() or "<!doctype" in text.lower():
         return "the endpoint answered with an HTML page (is it an AWS endpoint?)"
     text = " ".join(text.split())
