@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from ._dead_letters import DeadLetterReport
     from ._lambda import ProcessRecord
+    from ._provision import ProvisionReport
     from ._results import BatchSendResult
     from ._schemas import MessageClusterRecord, MessageRecord, RecordKey, Status
     from .clusters._callbacks import ClusterCallback
@@ -187,12 +188,30 @@ class Client:
         max_receive_count: int | None = None,
         visibility_timeout: int | None = None,
     ) -> dict[str, str]:
-        """Create the table, bucket and queues (each with a DLQ), idempotently."""
+        """Create the table, bucket and queues (each with a DLQ), idempotently;
+        ``{queue name: URL}``. An existing queue's settings are kept unless
+        asked for (see :meth:`provision_report` for what was done)."""
+        report = await self.provision_report(
+            queues, max_receive_count=max_receive_count, visibility_timeout=visibility_timeout
+        )
+        return report.urls
+
+    async def provision_report(
+        self,
+        queues: Iterable[str] = (),
+        *,
+        max_receive_count: int | None = None,
+        visibility_timeout: int | None = None,
+        dry_run: bool = False,
+    ) -> ProvisionReport:
+        """:meth:`provision`, reporting each step (created, updated, kept,
+        unchanged); ``dry_run=True`` writes nothing and says what it would do."""
         return await _provision.provision(
             self.ctx,
             queues,
             max_receive_count=max_receive_count,
             visibility_timeout=visibility_timeout,
+            dry_run=dry_run,
         )
 
     async def get_queue_url(self, name: str) -> str:

@@ -1,7 +1,11 @@
 """Idempotent creation of the table, bucket and queues msgcluster needs.
 
 Each step reads before it writes, so running ``provision`` again (or from
-several processes at once) changes nothing that is already right.
+several processes at once) changes nothing that is already right. Settings
+of a queue that exists are left alone unless asked for (``max_receive_count``,
+``visibility_timeout``): re-running provision never resets what an operator
+tuned. Every step is reported (:class:`ProvisionReport`); ``dry_run`` reads
+and reports what it would do, writing nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ import json
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import msgspec
 
 from ._clusterkeys import CLUSTER_INDEX, CLUSTER_INDEX_KEY
 from ._errors import (
     AwsError,
     ConfigurationError,
     QueueNotFoundError,
+    ResourceNotFoundError,
     ValidationError,
     aws_errors,
 )
@@ -26,12 +32,38 @@ if TYPE_CHECKING:
 
     from ._context import Context
 
-__all__ = ["provision"]
+__all__ = ["ProvisionReport", "ProvisionStep", "provision"]
 
 TTL_ATTRIBUTE: Final = "expiresAt"
 LIFECYCLE_RULE_ID: Final = "msgcluster-expiry"
 DLQ_SUFFIX: Final = "-dlq"
 DLQ_RETENTION_SECONDS: Final = 14 * 86_400  # the SQS maximum: time to inspect and redrive
+
+
+class ProvisionStep(msgspec.Struct, frozen=True):
+    """One thing provision did (or, dry, would do) to one resource.
+
+    ``action``: ``created``, ``updated``, ``unchanged`` or ``kept`` (exists with
+    a setting other than the default, left alone), with ``would `` before it
+    in a dry run; ``detail`` says what.
+    """
+
+    resource: str
+    action: str
+    detail: str = ""
+
+
+class ProvisionReport(msgspec.Struct):
+    """What ``provision`` found and did; ``urls`` maps queue names to URLs."""
+
+    urls: dict[str, str] = {}
+    steps: list[ProvisionStep] = []
+    dry_run: bool = False
+
+    def add(self, resource: str, action: str, detail: str = "") -> None:
+        if self.dry_run and action in ("created", "updated"):
+            action = "would be " + action
+        self.steps.append(ProvisionStep(resource, action, detail))
 
 
 async def provision(
@@ -40,19 +72,27 @@ async def provision(
     *,
     max_receive_count: int | None = None,
     visibility_timeout: int | None = None,
-) -> dict[str, str]:
-    """Create what is missing; return ``{queue name: queue URL}`` (DLQs not listed)."""
+    dry_run: bool = False,
+) -> ProvisionReport:
+    """Create what is missing and report every step (DLQs are not in ``urls``)."""
     names = [queues] if isinstance(queues, str) else list(queues)
     for name in names:
         _check_queue_name(name)
-    max_receives = max_receive_count or ctx.settings.max_receive_count
-    await ensure_table(ctx)
+    if max_receive_count is not None and not 1 <= max_receive_count <= 1000:
+        raise ValidationError(
+            f"max_receive_count must be 1-1000 (SQS's range), got {max_receive_count}"
+        )
+    if visibility_timeout is not None and not 0 <= visibility_timeout <= 43_200:
+        raise ValidationError(f"visibility_timeout must be 0-43200 s, got {visibility_timeout}")
+    report = ProvisionReport(dry_run=dry_run)
+    await ensure_table(ctx, report)
     if ctx.settings.bucket:
-        await ensure_bucket(ctx, ctx.settings.bucket)
-    urls: dict[str, str] = {}
+        await ensure_bucket(ctx, ctx.settings.bucket, report)
     for name in names:
-        urls[name] = await ensure_queue(ctx, name, max_receives, visibility_timeout)
-    return urls
+        url = await ensure_queue(ctx, name, max_receive_count, visibility_timeout, report)
+        if url:
+            report.urls[name] = url
+    return report
 
 
 def _check_queue_name(name: object) -> None:
@@ -85,29 +125,45 @@ _CLUSTER_INDEX: Final[Any] = {
 }
 
 
-async def ensure_table(ctx: Context) -> None:
+async def ensure_table(ctx: Context, report: ProvisionReport) -> None:
     table = ctx.table
-    try:
-        with aws_errors(resource=table):
-            await ctx.ddb.create_table(
-                TableName=table,
-                BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "rk", "AttributeType": "S"},
-                    *_INDEX_ATTRIBUTES,
-                ],
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "rk", "KeyType": "RANGE"},
-                ],
-                GlobalSecondaryIndexes=[_CLUSTER_INDEX],
-            )
-    except AwsError as exc:
-        if exc.code != "ResourceInUseException":
-            raise
-    await _wait_active(ctx)
-    await _ensure_cluster_index(ctx)
+    resource = f"table {table}"
+    if report.dry_run:
+        try:
+            with aws_errors(resource=table):
+                await ctx.ddb.describe_table(TableName=table)
+        except ResourceNotFoundError:
+            report.add(resource, "created", "with TTL on expiresAt and the cluster index")
+            return
+    else:
+        try:
+            with aws_errors(resource=table):
+                await ctx.ddb.create_table(
+                    TableName=table,
+                    BillingMode="PAY_PER_REQUEST",
+                    AttributeDefinitions=[
+                        {"AttributeName": "pk", "AttributeType": "S"},
+                        {"AttributeName": "rk", "AttributeType": "S"},
+                        *_INDEX_ATTRIBUTES,
+                    ],
+                    KeySchema=[
+                        {"AttributeName": "pk", "KeyType": "HASH"},
+                        {"AttributeName": "rk", "KeyType": "RANGE"},
+                    ],
+                    GlobalSecondaryIndexes=[_CLUSTER_INDEX],
+                )
+            report.add(resource, "created", "pay per request, with the cluster index")
+        except AwsError as exc:
+            if exc.code != "ResourceInUseException":
+                raise
+            report.add(resource, "unchanged", "exists")
+        await _wait_active(ctx)
+    await _ensure_cluster_index(ctx, report)
+    await _ensure_ttl(ctx, report)
+
+
+async def _ensure_ttl(ctx: Context, report: ProvisionReport) -> None:
+    table = ctx.table
     with aws_errors(resource=table):
         ttl = await ctx.ddb.describe_time_to_live(TableName=table)
     description = ttl.get("TimeToLiveDescription", {})
@@ -118,6 +174,9 @@ async def ensure_table(ctx: Context) -> None:
                 f"needs it on {TTL_ATTRIBUTE!r} (a table has one TTL attribute)"
             )
         return
+    report.add(f"table {table}", "updated", f"TTL enabled on {TTL_ATTRIBUTE}")
+    if report.dry_run:
+        return
     with aws_errors(resource=table):
         await ctx.ddb.update_time_to_live(
             TableName=table,
@@ -125,13 +184,16 @@ async def ensure_table(ctx: Context) -> None:
         )
 
 
-async def _ensure_cluster_index(ctx: Context) -> None:
+async def _ensure_cluster_index(ctx: Context, report: ProvisionReport) -> None:
     """Add the cluster index to a table made before it existed (clusters
     created before then are not in it: ``list_clusters`` does not see them)."""
     with aws_errors(resource=ctx.table):
         described = await ctx.ddb.describe_table(TableName=ctx.table)
     indexes = described["Table"].get("GlobalSecondaryIndexes", [])
     if any(index["IndexName"] == CLUSTER_INDEX for index in indexes):
+        return
+    report.add(f"table {ctx.table}", "updated", f"index {CLUSTER_INDEX} added")
+    if report.dry_run:
         return
     with aws_errors(resource=ctx.table):
         await ctx.ddb.update_table(
@@ -162,7 +224,20 @@ async def _wait_active(ctx: Context, limit: float = 120.0) -> None:
 # --------------------------------------------------------------------------- bucket
 
 
-async def ensure_bucket(ctx: Context, bucket: str) -> None:
+async def ensure_bucket(ctx: Context, bucket: str, report: ProvisionReport) -> None:
+    resource = f"bucket {bucket}"
+    if report.dry_run:
+        try:
+            with aws_errors(resource=f"s3://{bucket}"):
+                await ctx.s3.head_bucket(Bucket=bucket)
+        except ResourceNotFoundError:
+            report.add(
+                resource, "created", f"objects expire after {ctx.settings.retention_days} days"
+            )
+            return
+        report.add(resource, "unchanged", "exists")
+        await _ensure_lifecycle(ctx, bucket, report)
+        return
     request: dict[str, Any] = {"Bucket": bucket}
     region = ctx.s3.meta.region_name
     if region and region != "us-east-1":
@@ -170,6 +245,7 @@ async def ensure_bucket(ctx: Context, bucket: str) -> None:
     try:
         with aws_errors(resource=f"s3://{bucket}"):
             await ctx.s3.create_bucket(**request)
+        report.add(resource, "created")
     except AwsError as exc:
         if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
             raise
@@ -177,10 +253,11 @@ async def ensure_bucket(ctx: Context, bucket: str) -> None:
             raise ConfigurationError(
                 f"bucket {bucket!r} exists and belongs to another account; choose another name"
             ) from exc
-    await _ensure_lifecycle(ctx, bucket)
+        report.add(resource, "unchanged", "exists")
+    await _ensure_lifecycle(ctx, bucket, report)
 
 
-async def _ensure_lifecycle(ctx: Context, bucket: str) -> None:
+async def _ensure_lifecycle(ctx: Context, bucket: str, report: ProvisionReport) -> None:
     """Merge our expiry rule into the bucket's lifecycle, leaving other rules alone."""
     try:
         with aws_errors(resource=f"s3://{bucket}"):
@@ -198,6 +275,12 @@ async def _ensure_lifecycle(ctx: Context, bucket: str) -> None:
     }
     existing = next((rule for rule in rules if rule.get("ID") == LIFECYCLE_RULE_ID), None)
     if existing is not None and _same_rule(existing, ours):
+        return
+    days = ctx.settings.retention_days
+    report.add(
+        f"bucket {bucket}", "updated", f"lifecycle rule: {KEY_PREFIX}* expire in {days} days"
+    )
+    if report.dry_run:
         return
     rules = [rule for rule in rules if rule.get("ID") != LIFECYCLE_RULE_ID] + [ours]
     with aws_errors(resource=f"s3://{bucket}"):
@@ -224,70 +307,123 @@ def dlq_name(name: str) -> str:
 
 
 async def ensure_queue(
-    ctx: Context, name: str, max_receive_count: int, visibility_timeout: int | None
-) -> str:
-    fifo = name.endswith(".fifo")
-    dlq_url = await _get_or_create_queue(
-        ctx, dlq_name(name), fifo, {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
+    ctx: Context,
+    name: str,
+    max_receive_count: int | None,
+    visibility_timeout: int | None,
+    report: ProvisionReport,
+) -> str | None:
+    """The queue's URL (None in a dry run when it does not exist yet)."""
+    fifo, dlq = name.endswith(".fifo"), dlq_name(name)
+    dlq_attributes = {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
+    dlq_url, created = await _get_or_create_queue(
+        ctx, dlq, fifo, dlq_attributes, dry_run=report.dry_run
     )
-    with aws_errors(resource=dlq_url):
-        dlq = await ctx.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
-    redrive = json.dumps(
-        {"deadLetterTargetArn": dlq["Attributes"]["QueueArn"], "maxReceiveCount": max_receive_count}
-    )
-    attributes = {"RedrivePolicy": redrive}
+    report.add(f"queue {dlq}", "created" if created else "unchanged", "" if created else "exists")
+    dlq_arn = None
+    if dlq_url is not None:
+        with aws_errors(resource=dlq_url):
+            found = await ctx.sqs.get_queue_attributes(
+                QueueUrl=dlq_url, AttributeNames=["QueueArn"]
+            )
+        dlq_arn = found["Attributes"]["QueueArn"]
+    receives = max_receive_count or ctx.settings.max_receive_count
+    wanted = {"RedrivePolicy": _redrive_policy(dlq_arn or "", receives)}
     if visibility_timeout is not None:
-        attributes["VisibilityTimeout"] = str(visibility_timeout)
-    url = await _get_or_create_queue(ctx, name, fifo, attributes)
+        wanted["VisibilityTimeout"] = str(visibility_timeout)
+    url, created = await _get_or_create_queue(ctx, name, fifo, wanted, dry_run=report.dry_run)
+    if created:
+        report.add(f"queue {name}", "created", f"dead letters to {dlq} after {receives} receives")
+        return url
+    assert url is not None
     with aws_errors(resource=url):
         current = await ctx.sqs.get_queue_attributes(
             QueueUrl=url, AttributeNames=["RedrivePolicy", "VisibilityTimeout"]
         )
     have: Any = current.get("Attributes", {})
-    changed = {
-        key: value
-        for key, value in attributes.items()
-        if not _same_attribute(key, have.get(key), value)
-    }
-    if changed:
+    changed = _queue_changes(
+        name, have, dlq_arn, receives, max_receive_count, visibility_timeout, report
+    )
+    if changed and not report.dry_run:
         with aws_errors(resource=url):
             await ctx.sqs.set_queue_attributes(QueueUrl=url, Attributes=changed)  # type: ignore[arg-type]
     ctx.forget_queue(url)
     return url
 
 
-def _same_attribute(key: str, have: str | None, want: str) -> bool:
-    if have is None:
-        return False
-    if key == "RedrivePolicy":
-        try:
-            a, b = json.loads(have), json.loads(want)
-        except ValueError:
-            return False
-        return bool(
-            a.get("deadLetterTargetArn") == b["deadLetterTargetArn"]
-            and int(a.get("maxReceiveCount", 0)) == b["maxReceiveCount"]
+def _redrive_policy(dlq_arn: str, receives: int) -> str:
+    return json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": receives})
+
+
+def _queue_changes(
+    name: str,
+    have: dict[str, str],
+    dlq_arn: str | None,
+    receives: int,
+    asked_receives: int | None,
+    asked_visibility: int | None,
+    report: ProvisionReport,
+) -> dict[str, str]:
+    """The attributes to set on an existing queue: what is missing or asked for.
+
+    A redrive policy that exists is kept unless ``max_receive_count`` was
+    given (reported as kept when it differs from the default).
+    """
+    resource, changed = f"queue {name}", {}
+    try:
+        policy = json.loads(have.get("RedrivePolicy") or "null") or {}
+    except ValueError:
+        policy = {}
+    count = int(policy.get("maxReceiveCount", 0) or 0)
+    target = policy.get("deadLetterTargetArn")
+    if not policy:
+        changed["RedrivePolicy"] = _redrive_policy(dlq_arn or "", receives)
+        report.add(
+            resource, "updated", f"dead letters to {dlq_name(name)} after {receives} receives"
         )
-    return have == want
+    elif asked_receives is not None and (count != asked_receives or target != dlq_arn):
+        changed["RedrivePolicy"] = _redrive_policy(dlq_arn or "", asked_receives)
+        report.add(resource, "updated", f"maxReceiveCount {count} -> {asked_receives}")
+    elif count != receives or (dlq_arn is not None and target != dlq_arn):
+        report.add(
+            resource,
+            "kept",
+            f"maxReceiveCount {count}, dead letters to {str(target).rsplit(':', 1)[-1]} "
+            "(pass max_receive_count / --max-receive-count to change it)",
+        )
+    if asked_visibility is not None and have.get("VisibilityTimeout") != str(asked_visibility):
+        changed["VisibilityTimeout"] = str(asked_visibility)
+        report.add(
+            resource,
+            "updated",
+            f"VisibilityTimeout {have.get('VisibilityTimeout')} -> {asked_visibility}",
+        )
+    if not changed and report.steps[-1].resource != resource:
+        report.add(resource, "unchanged", "exists")
+    return changed
 
 
 async def _get_or_create_queue(
-    ctx: Context, name: str, fifo: bool, attributes: dict[str, str]
-) -> str:
+    ctx: Context, name: str, fifo: bool, attributes: dict[str, str], *, dry_run: bool
+) -> tuple[str | None, bool]:
+    """(URL, created now): created with ``attributes`` when missing; in a dry
+    run a missing queue is (None, True)."""
     try:
         with aws_errors(resource=name):
-            return (await ctx.sqs.get_queue_url(QueueName=name))["QueueUrl"]
+            return (await ctx.sqs.get_queue_url(QueueName=name))["QueueUrl"], False
     except QueueNotFoundError:
-        pass
+        if dry_run:
+            return None, True
     create = dict(attributes)
     if fifo:
         create["FifoQueue"] = "true"
     try:
         with aws_errors(resource=name):
-            return (await ctx.sqs.create_queue(QueueName=name, Attributes=create))["QueueUrl"]  # type: ignore[arg-type]
+            response = await ctx.sqs.create_queue(QueueName=name, Attributes=create)  # type: ignore[arg-type]
+        return response["QueueUrl"], True
     except AwsError as exc:
         if exc.code not in {"QueueAlreadyExists", "QueueNameExists"}:
             raise
         # Created concurrently with other attributes: use it; attributes are set after.
         with aws_errors(resource=name):
-            return (await ctx.sqs.get_queue_url(QueueName=name))["QueueUrl"]
+            return (await ctx.sqs.get_queue_url(QueueName=name))["QueueUrl"], False

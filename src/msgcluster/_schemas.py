@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import InvalidKeyError
+from ._errors import InvalidKeyError, ValidationError
 
 __all__ = [
     "KEY_PREFIX",
@@ -42,12 +42,44 @@ _MAX_KEY_BYTES: Final = 1024
 
 
 class Status(enum.StrEnum):
-    """Lifecycle status, spelled as in the documented system."""
+    """Lifecycle status, spelled as in the documented system (stored so);
+    :meth:`parse` takes any spelling users type."""
 
     PRE_FLIGHT = "PRE FLIGHT"
     IN_PROGRESS = "IN PROGRESS"
     COMPLETE = "COMPLETE"
     ERROR = "ERROR"
+
+    @classmethod
+    def parse(cls, value: object) -> Status:
+        """A status from its value or name in any case, with ' ', '_' or '-':
+        ``"IN PROGRESS"``, ``"in_progress"``, ``"In-Progress"``, ``Status.ERROR``."""
+        if isinstance(value, Status):
+            return value
+        found = _STATUS_TEXT.get(_spelling(value)) if isinstance(value, str) else None
+        if found is None:
+            shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+            raise ValidationError(
+                f"unknown status {shown}; valid: PRE FLIGHT, IN PROGRESS, COMPLETE, ERROR "
+                "(any case; '_' or '-' for the space)"
+            )
+        return found
+
+
+def _spelling(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+_STATUS_TEXT: Final = {_spelling(s.value): s for s in Status}
+# A cancelled cluster's status word (CLI, list_clusters); stored as status code 500.
+CANCELLED: Final = "CANCELLED"
+
+
+def parse_cluster_status(value: object) -> Status | str:
+    """:meth:`Status.parse`, or ``CANCELLED`` (also ``canceled``) for clusters."""
+    if isinstance(value, str) and _spelling(value) in ("cancelled", "canceled", "stopped"):
+        return CANCELLED
+    return Status.parse(value)
 
 
 class StatusCode(enum.IntEnum):

@@ -11,9 +11,16 @@ import msgspec
 
 from .._client import Client
 from .._clusterkeys import CLUSTER_SORT_KEY, cluster_id_of
-from .._errors import RecordNotFoundError, aws_errors
+from .._errors import RecordNotFoundError, ValidationError, aws_errors
 from .._itemcodec import decode_item
-from .._schemas import MessageClusterRecord, Status, StatusCode
+from .._schemas import (
+    CANCELLED,
+    MessageClusterRecord,
+    MessageRecord,
+    Status,
+    StatusCode,
+    parse_cluster_status,
+)
 from ._common import (
     EXIT_CLUSTER_ERROR,
     EXIT_OK,
@@ -30,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["cluster_doc", "register"]
 
 _MIN_INTERVAL: Final = 0.05  # seconds between polls, at least
-_STATUSES: Final = {s.value.lower(): s for s in Status}
 
 
 @contextlib.asynccontextmanager
@@ -74,7 +80,7 @@ def cluster_doc(record: MessageClusterRecord) -> dict[str, Any]:
 
 
 def _status_text(record: MessageClusterRecord) -> str:
-    return "CANCELLED" if record.cancelled else record.status.value
+    return CANCELLED if record.cancelled else record.status.value
 
 
 # --------------------------------------------------------------------------- status, watch
@@ -148,7 +154,7 @@ class ScanCost(msgspec.Struct):
 
 
 async def scan_clusters(
-    mc: Client, *, status: Status | None, page_size: int, cost: ScanCost
+    mc: Client, *, status: Status | str | None, page_size: int, cost: ScanCost
 ) -> AsyncGenerator[MessageClusterRecord, None]:
     """Every cluster record of the table: a paginated Scan filtered on the cluster
     sort key. It reads every item of the table (the filter applies after the
@@ -158,10 +164,14 @@ async def scan_clusters(
     values: dict[str, Any] = {":rk": {"S": CLUSTER_SORT_KEY}}
     filters = "rk = :rk"
     names: dict[str, str] = {}
-    if status is not None:
-        filters += " AND #s = :s"
+    if status == CANCELLED:
+        filters += " AND statusCode = :stopped"
+        values[":stopped"] = {"N": str(int(StatusCode.STOPPED))}
+    elif status is not None:
+        filters += " AND #s = :s AND statusCode <> :stopped"
         names["#s"] = "status"
-        values[":s"] = {"S": status.value}
+        values[":s"] = {"S": str(status)}
+        values[":stopped"] = {"N": str(int(StatusCode.STOPPED))}
     request: dict[str, Any] = {
         "TableName": table,
         "FilterExpression": filters,
@@ -198,13 +208,13 @@ async def _live(mc: Client, record: MessageClusterRecord) -> MessageClusterRecor
         return None
 
 
-def _status_arg(text: str) -> Status:
-    """A status by name or value, any case: ``in_progress``, ``"IN PROGRESS"``, ``error``."""
-    found = _STATUSES.get(" ".join(text.lower().replace("_", " ").replace("-", " ").split()))
-    if found is None:
-        valid = ", ".join(s.name for s in Status)
-        raise argparse.ArgumentTypeError(f"unknown status {text!r}; valid: {valid}")
-    return found
+def _status_arg(text: str) -> Status | str:
+    """A status by name or value, any case (``in_progress``, ``"IN PROGRESS"``,
+    ``error``), or ``cancelled``: the spelling ``cluster ls`` prints."""
+    try:
+        return parse_cluster_status(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or CANCELLED") from None
 
 
 async def ls(inv: Invocation) -> int:
@@ -294,6 +304,40 @@ async def cancel(inv: Invocation) -> int:
     return EXIT_OK
 
 
+async def failed(inv: Invocation) -> int:
+    """The cluster's failed tasks, each with its last recorded error."""
+    limit: int | None = inv.args.limit
+    docs: list[dict[str, Any]] = []
+    async with client(inv) as mc:
+        tasks: Any = mc.failed_tasks(inv.args.key)  # an async generator: aclosing ends it early
+        async with contextlib.aclosing(tasks):
+            async for task in tasks:
+                docs.append(_failed_doc(task))
+                if limit is not None and len(docs) >= limit:
+                    break
+    if inv.out.json:
+        inv.out.document({"id": cluster_id_of(inv.args.key), "failed": docs, "count": len(docs)})
+        return EXIT_OK
+    rows = [[d["task"], d["message_id"], d["updated_at"], d["last_error"]] for d in docs]
+    inv.out.table(["TASK", "MESSAGE ID", "FAILED AT", "LAST ERROR"], rows)
+    inv.out.note(f"{len(docs)} failed task(s); `msgcluster cluster redrive` sends them again")
+    return EXIT_OK
+
+
+def _failed_doc(task: MessageRecord) -> dict[str, Any]:
+    last = task.error[-1] if task.error else None
+    text = "" if last is None else (f"{last.type}: {last.message}" if last.type else last.message)
+    return {
+        "task": task.rk,
+        "key": f"{task.pk}|{task.rk}",
+        "message_id": task.id,
+        "updated_at": task.updated_at,
+        "receives": task.consumption_count,
+        "last_error": " ".join(text.split())[:100],
+        "errors": [msgspec.to_builtins(e) for e in task.error],
+    }
+
+
 async def redrive(inv: Invocation) -> int:
     async with client(inv) as mc:
         count = await mc.redrive_failed(inv.args.key)
@@ -311,7 +355,7 @@ async def redrive(inv: Invocation) -> int:
 def register(commands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     group = commands.add_parser(
         "cluster",
-        help="message clusters: status, watch, ls, cancel, redrive",
+        help="message clusters: status, watch, ls, failed, cancel, redrive",
         description="Read and steer message clusters (in --table).",
         parents=[common],
     )
@@ -344,4 +388,6 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
         help="show stored counts (no extra reads for running clusters)",
     )
     command("cancel", cancel, "stop a running cluster (no completion callback)")
+    parser = command("failed", failed, "the cluster's failed tasks with their errors")
+    parser.add_argument("--limit", type=positive, default=None, help="stop after N tasks")
     command("redrive", redrive, "send the cluster's failed tasks again")

@@ -27,10 +27,10 @@ from ._common import (
     Invocation,
     NotFound,
     Unsupported,
-    UsageError,
     positive,
     seconds,
 )
+from ._redrive import redrive
 from ._render import body_text, iso_time
 
 if TYPE_CHECKING:
@@ -345,27 +345,6 @@ async def purge(inv: Invocation) -> int:
     return EXIT_OK
 
 
-async def redrive(inv: Invocation) -> int:
-    message_id: str | None = inv.args.id
-    if (message_id is None) == (not inv.args.all):
-        raise UsageError("redrive takes a message id or --all (not both)")
-    async with opened(inv, by_id=None if message_id is None else "redrive <id>") as queue:
-        if isinstance(driver_of(queue), QueueAdmin):
-            count = await admin(queue, "redrive").redrive(message_id)
-        elif message_id is not None:
-            raise unsupported(queue.uri, "redrive <id>")
-        else:
-            count = await sqs_admin.redrive_all(sqs_only(queue, "redrive --all"))
-        if message_id is not None and count == 0:
-            raise NotFound(f"no dead letter {message_id} in {queue.uri}")
-        doc = {"queue": queue.uri, "id": message_id, "redriven": count}
-    if inv.out.json:
-        inv.out.document(doc)
-    else:
-        inv.out.line(f"moved {count} dead letter(s) back to {doc['queue']}")
-    return EXIT_OK
-
-
 # --------------------------------------------------------------------------- receive, enqueue
 
 
@@ -496,7 +475,7 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
     command("reset", by_id, "make one message ready again with receive count 0", by_id=True)
     parser = command("purge", purge, "delete every message (--dlq: every dead letter)")
     parser.add_argument("--dlq", action="store_true", help="purge the dead-letter queue")
-    parser = command("redrive", redrive, "move dead letters back to the queue")
+    parser = command("redrive", redrive, "move dead letters back (cluster tasks: cluster redrive)")
     parser.add_argument("id", nargs="?", metavar="MESSAGE_ID", help="one dead letter")
     parser.add_argument("--all", action="store_true", help="every dead letter")
     parser = command("enqueue-test", enqueue_test, "send test messages")

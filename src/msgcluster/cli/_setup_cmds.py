@@ -9,6 +9,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .._provision import dlq_name
 from ._cluster_cmds import client
 from ._common import EXIT_OK, CliError, Invocation, UsageError, positive
@@ -22,33 +24,43 @@ __all__ = ["register"]
 async def provision(inv: Invocation) -> int:
     args = inv.args
     async with client(inv) as mc:
-        urls = await mc.provision(
+        report = await mc.provision_report(
             queues=args.queue or (),
             max_receive_count=args.max_receive_count,
             visibility_timeout=args.visibility_timeout,
+            dry_run=args.dry_run,
         )
         queue_table: str | None = args.dynamodb_queue_table
-        if queue_table is not None:
+        if queue_table is not None and not args.dry_run:
             provision_queue_table = _queue_table_provisioner()
             await provision_queue_table(mc.dynamodb, queue_table)
+    urls = report.urls
     doc = {
         "table": inv.settings.table,
         "bucket": inv.settings.bucket,
         "queues": {name: {"url": url, "dlq": dlq_name(name)} for name, url in urls.items()},
         "dynamodb_queue_table": queue_table,
+        "dry_run": report.dry_run,
+        "steps": [msgspec.to_builtins(step) for step in report.steps],
     }
     if inv.out.json:
         inv.out.document(doc)
         return EXIT_OK
-    bucket = inv.settings.bucket or "(none: set --bucket or MSGCLUSTER_BUCKET for S3 bodies)"
-    rows: list[tuple[str, object]] = [("table", inv.settings.table), ("bucket", bucket)]
+    inv.out.table(
+        ["RESOURCE", "ACTION", "DETAIL"], [[s.resource, s.action, s.detail] for s in report.steps]
+    )
+    if not inv.settings.bucket:
+        inv.out.note("no bucket: set --bucket or MSGCLUSTER_BUCKET for bodies over the queue limit")
     if queue_table is not None:
-        rows.append(("dynamodb:// queue table", queue_table))
-    inv.out.fields(rows, title="provisioned")
+        inv.out.note(
+            f"dynamodb:// queue table {queue_table}: "
+            + ("skipped (dry run)" if args.dry_run else "ready")
+        )
     if urls:
         inv.out.table(
             ["QUEUE", "DLQ", "URL"], [[name, dlq_name(name), url] for name, url in urls.items()]
         )
+    inv.out.note("dry run: nothing was written" if report.dry_run else "provisioned")
     return EXIT_OK
 
 
@@ -130,7 +142,15 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
         "--queue", action="append", metavar="NAME", help="a queue to create (repeatable)"
     )
     parser.add_argument(
-        "--max-receive-count", type=positive, default=None, help="receives before the DLQ"
+        "--max-receive-count",
+        type=positive,
+        default=None,
+        help="receives before the DLQ (default 5 for new queues; existing ones are kept)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report what would be created or changed, write nothing",
     )
     parser.add_argument(
         "--visibility-timeout", type=positive, default=None, help="the queues' timeout, seconds"

@@ -15,7 +15,12 @@ from ..queues._sqs import REASON_ATTRIBUTE
 from ._common import EXIT_OK, CliError, Invocation, NotFound
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..queues._sqs import SqsQueue
+
+    # (message id, body, message attributes) -> the cluster to keep it for, or None.
+    Keep = Callable[[str, str, dict[str, Any]], str | None]
 
 __all__ = ["counts", "dead_letter_url", "dlq_stats", "purge", "reconcile", "redrive_all", "stats"]
 
@@ -102,35 +107,61 @@ async def purge(queue: SqsQueue, dead_letters: bool) -> int:
     return count
 
 
-async def redrive_all(queue: SqsQueue) -> int:
+async def redrive_all(queue: SqsQueue, *, keep: Keep) -> tuple[int, dict[str, int]]:
     """Move every message of the DLQ back: receive, send to the queue, delete.
 
     A message is deleted from the DLQ only after the queue accepted it, so a
     crash leaves a copy, never a loss. (SQS's StartMessageMoveTask does this
-    server-side but is not implemented by moto, the local server.)
+    server-side but is not implemented by moto, the local server.) A message
+    ``keep`` names a cluster for stays in the DLQ (held until the end, then
+    visible there again); returns (moved, {cluster id: tasks kept}).
     """
     dlq_url = await dead_letter_url(queue)
     client, moved = queue.client, 0
-    while True:
+    kept: dict[str, dict[str, Any]] = {}  # by id: one held again after 60 s counts once
+    clusters: dict[str, set[str]] = {}
+    try:
+        while True:
+            with aws_errors(resource=dlq_url):
+                response = await client.receive_message(
+                    QueueUrl=dlq_url,
+                    MaxNumberOfMessages=10,
+                    VisibilityTimeout=_HOLD_SECONDS,
+                    WaitTimeSeconds=0,
+                    MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=["MessageGroupId"],
+                )
+            messages = []
+            for message in response.get("Messages", []):
+                cluster = keep(
+                    message["MessageId"], message["Body"], message.get("MessageAttributes", {})
+                )
+                if cluster is None:
+                    messages.append(message)
+                else:
+                    kept[message["MessageId"]] = message
+                    clusters.setdefault(cluster, set()).add(message["MessageId"])
+            if messages:
+                moved += await move_batch(queue, dlq_url, messages)
+            elif not response.get("Messages"):
+                # Short polling samples a subset of SQS's servers: stop only
+                # when the DLQ also reports nothing visible.
+                visible, _, _ = await counts(queue, dlq_url)
+                if visible == 0:
+                    return moved, {cluster: len(ids) for cluster, ids in clusters.items()}
+                await anyio.sleep(1)
+    finally:
+        await _release(queue, dlq_url, list(kept.values()))
+
+
+async def _release(queue: SqsQueue, dlq_url: str, messages: list[dict[str, Any]]) -> None:
+    for start in range(0, len(messages), 10):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(messages[start : start + 10])
+        ]
         with aws_errors(resource=dlq_url):
-            response = await client.receive_message(
-                QueueUrl=dlq_url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=_HOLD_SECONDS,
-                WaitTimeSeconds=0,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["MessageGroupId"],
-            )
-        messages = response.get("Messages", [])
-        if not messages:
-            # Short polling samples a subset of SQS's servers: stop only when
-            # the DLQ also reports nothing visible.
-            visible, _, _ = await counts(queue, dlq_url)
-            if visible == 0:
-                return moved
-            await anyio.sleep(1)
-            continue
-        moved += await move_batch(queue, dlq_url, messages)
+            await queue.client.change_message_visibility_batch(QueueUrl=dlq_url, Entries=entries)
 
 
 async def move_batch(queue: SqsQueue, dlq_url: str, messages: list[dict[str, Any]]) -> int:

@@ -30,11 +30,13 @@ from .._errors import (
 )
 from .._itemcodec import decode_item, to_attr
 from .._schemas import (
+    CANCELLED,
     MessageClusterRecord,
     MessageRecord,
     ShardRecord,
     Status,
     StatusCode,
+    parse_cluster_status,
 )
 from ..messages._outgoing import encode_json
 from ..read._records import ParsedRecord
@@ -117,14 +119,6 @@ async def get_message_cluster(
     return msgspec.structs.replace(record, completed=completed, failed=failed)
 
 
-def _status(value: Status | str) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        valid = ", ".join(repr(s.value) for s in Status)
-        raise ValidationError(f"unknown status {value!r}; valid: {valid}") from None
-
-
 async def list_clusters(
     ctx: Context,
     *,
@@ -140,7 +134,7 @@ async def list_clusters(
     sums a running cluster's shards). ``status`` filters them; ``started_after``
     (an ISO time) bounds the range.
     """
-    wanted = _status(status) if status is not None else None
+    wanted = parse_cluster_status(status) if status is not None else None
     request: dict[str, Any] = {
         "TableName": ctx.table,
         "IndexName": CLUSTER_INDEX,
@@ -163,12 +157,16 @@ async def list_clusters(
             if item is None:
                 continue
             record = decode_item(item, MessageClusterRecord)
-            if wanted is None or record.status == wanted:
+            if wanted is None or _status_of(record) == wanted:
                 yield record
         last = response.get("LastEvaluatedKey")
         if not last:
             return
         request["ExclusiveStartKey"] = last
+
+
+def _status_of(record: MessageClusterRecord) -> Status | str:
+    return CANCELLED if record.cancelled else record.status
 
 
 async def iter_cluster_tasks(
@@ -185,7 +183,7 @@ async def iter_cluster_tasks(
     """
     cid = cluster_id_from(key)
     record = decode_item(await _get_cluster_item(ctx, cid, consistent_read), MessageClusterRecord)
-    wanted = [_status(s) for s in statuses] if statuses is not None else None
+    wanted = [Status.parse(s) for s in statuses] if statuses is not None else None
     for shard in range(_shard_count(record)):
         pk = shard_key(cid, shard).pk
         request: dict[str, Any] = {

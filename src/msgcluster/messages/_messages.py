@@ -16,7 +16,6 @@ from .._errors import (
     ConditionFailedError,
     MsgclusterError,
     RecordNotFoundError,
-    ValidationError,
     aws_errors,
 )
 from .._itemcodec import decode_item, from_attr, to_attr
@@ -126,14 +125,14 @@ async def update_message_record(
         values[":meta"] = to_attr(msgspec.json.decode(meta_bytes))
         sets.append("#m = :meta")
     if status is not None:
-        new_status = _status(status)
+        new_status = Status.parse(status)
         names |= {"#s": "status", "#c": "statusCode"}
         values |= {":s": {"S": new_status.value}, ":c": {"N": str(STATUS_CODES[new_status])}}
         sets += ["#s = :s", "#c = :c"]
     condition = "attribute_exists(pk)"
     if expected_status is not None:
         names["#s"] = "status"
-        values[":expected"] = {"S": _status(expected_status).value}
+        values[":expected"] = {"S": Status.parse(expected_status).value}
         condition += " AND #s = :expected"
     try:
         with aws_errors(resource=ctx.table):
@@ -158,15 +157,6 @@ async def update_message_record(
             operation=exc.operation,
         ) from exc
     return decode_item(response["Attributes"], MessageRecord)  # type: ignore[arg-type]
-
-
-def _status(value: Status | str) -> Status:
-    try:
-        return Status(value)
-    except ValueError as exc:
-        raise ValidationError(
-            f"unknown status {value!r}; expected one of {[s.value for s in Status]}"
-        ) from exc
 
 
 # --------------------------------------------------------------------------- consume

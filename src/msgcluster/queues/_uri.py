@@ -127,8 +127,13 @@ def _safe(text_value: str) -> str:
     return text_value if len(text_value) <= 200 else text_value[:200] + "..."
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")
+
+
 def _name(name: str) -> str:
-    return repr(name) if len(name) <= 64 else repr(name[:64] + "...")
+    """A parameter name as errors show it: a plain identifier, else hidden
+    (``?<secret>`` parses as a parameter named by the secret)."""
+    return repr(name) if _PLAIN_NAME.fullmatch(name) else "(a parameter whose name is hidden)"
 
 
 class Param(Generic[T]):
@@ -160,12 +165,15 @@ def read_params(
         if param is None or not param.query:
             hint = "" if param is None else " (it is a keyword option of open_queue)"
             raise QueueURIError(
-                f"unknown query parameter {name!r} for {uri.scheme}://{hint}; valid: {valid_query}"
+                f"unknown query parameter {_name(name)} for {uri.scheme}://{hint}; "
+                f"valid: {valid_query}"
             )
         given[name] = (text_value, "query parameter")
     for name, value in options.items():
         if name not in spec:
-            raise QueueURIError(f"unknown option {name!r} for {uri.scheme}://; valid: {valid}")
+            raise QueueURIError(
+                f"unknown option {_name(str(name))} for {uri.scheme}://; valid: {valid}"
+            )
         given[name] = (value, "option")
     out: dict[str, Any] = {}
     for name, (value, where) in given.items():
