@@ -76,8 +76,43 @@ async def run_callback(
     process holds the claim. A callback that raises is recorded and re-raised
     as :class:`CallbackError`.
     """
-    key = cluster_key(cluster_id)
     owner = uuid.uuid4().hex
+    attributes = await _claim(ctx, cluster_id, owner, lease_seconds)
+    if attributes is None:
+        return False
+    record = decode_item(attributes, MessageClusterRecord)
+    attempts = record.callback_attempts
+    try:
+        result = callback(record, globals_getter(ctx, record))
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        status = CallbackStatus.ERROR if attempts >= max_attempts else CallbackStatus.PENDING
+        text = (f"{type(exc).__name__}: {exc}")[:MAX_ERROR_TEXT]
+        await _release(ctx, cluster_id, owner, status, text)
+        log.warning(
+            "completion callback of cluster %s failed (attempt %d/%d): %s",
+            cluster_id,
+            attempts,
+            max_attempts,
+            text,
+        )
+        raise CallbackError(
+            f"completion callback of cluster {cluster_id} failed (attempt {attempts} of "
+            f"{max_attempts}; status now {status.value}): {text}",
+            cluster_id=cluster_id,
+            attempts=attempts,
+            final=status is CallbackStatus.ERROR,
+        ) from exc
+    await _release(ctx, cluster_id, owner, CallbackStatus.DONE, None)
+    return True
+
+
+async def _claim(
+    ctx: Context, cluster_id: str, owner: str, lease_seconds: int
+) -> dict[str, Any] | None:
+    """The cluster item if ``owner`` now holds the claim, else None."""
+    key = cluster_key(cluster_id)
     now = int(ctx.clock())
     try:
         with aws_errors(resource=ctx.table):
@@ -106,44 +141,19 @@ async def run_callback(
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        attributes: Any = response["Attributes"]
+        attributes: dict[str, Any] | None = response["Attributes"]
     except ConditionFailedError as exc:
         # Our claim applied but its response was lost, and botocore's retry
         # of it failed the condition: the item then names us as the owner.
         if not _claimed_by(exc.item, owner):
-            return False
+            return None
         attributes = exc.item
     except AwsConnectionError:
         # No answer: the claim may have applied; only a read can tell.
         attributes = await get_consistent(ctx, key.pk, key.rk)
         if not _claimed_by(attributes, owner):
             raise
-    record = decode_item(attributes, MessageClusterRecord)
-    attempts = record.callback_attempts
-    try:
-        result = callback(record, globals_getter(ctx, record))
-        if inspect.isawaitable(result):
-            await result
-    except Exception as exc:
-        status = CallbackStatus.ERROR if attempts >= max_attempts else CallbackStatus.PENDING
-        text = (f"{type(exc).__name__}: {exc}")[:MAX_ERROR_TEXT]
-        await _release(ctx, cluster_id, owner, status, text)
-        log.warning(
-            "completion callback of cluster %s failed (attempt %d/%d): %s",
-            cluster_id,
-            attempts,
-            max_attempts,
-            text,
-        )
-        raise CallbackError(
-            f"completion callback of cluster {cluster_id} failed (attempt {attempts} of "
-            f"{max_attempts}; status now {status.value}): {text}",
-            cluster_id=cluster_id,
-            attempts=attempts,
-            final=status is CallbackStatus.ERROR,
-        ) from exc
-    await _release(ctx, cluster_id, owner, CallbackStatus.DONE, None)
-    return True
+    return attributes
 
 
 def _claimed_by(item: dict[str, Any] | None, owner: str) -> bool:

@@ -195,63 +195,71 @@ def _settle_items(
     order: list[tuple[str, RecordKey]] = []
     per_shard: dict[RecordKey, int] = {}
     for ref in refs:
-        names = {"#s": "status", "#c": "statusCode", "#u": "updatedAt", "#d": "completedAt"}
-        values: dict[str, Any] = {
-            ":s": {"S": outcome.value},
-            ":c": _n(STATUS_CODES[outcome]),
-            ":now": {"S": now},
-            ":pf": {"S": Status.PRE_FLIGHT.value},
-            ":ip": {"S": Status.IN_PROGRESS.value},
-        }
-        sets = ["#s = :s", "#c = :c", "#u = :now", "#d = :now"]
-        for position, (name, value) in enumerate(extra.get(ref.key, {}).items()):
-            names[f"#x{position}"] = name
-            values[f":x{position}"] = value
-            if name == "error":  # the bounded error list: appended to, not replaced
-                values[":empty"] = {"L": []}
-                sets.append(
-                    f"#x{position} = list_append(if_not_exists(#x{position}, :empty), :x{position})"
-                )
-            else:
-                sets.append(f"#x{position} = :x{position}")
-        items.append(
-            {
-                "Update": {
-                    "TableName": ctx.table,
-                    "Key": key_attrs(ref.key.pk, ref.key.rk),
-                    "UpdateExpression": "SET " + ", ".join(sets),
-                    "ConditionExpression": "#s IN (:pf, :ip)",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": values,
-                }
-            }
-        )
+        items.append({"Update": _task_update(ctx, ref, outcome, extra.get(ref.key, {}), now)})
         order.append(("task", ref.key))
         per_shard[ref.shard_key] = per_shard.get(ref.shard_key, 0) + 1
     complete = outcome is Status.COMPLETE
     for key, count in per_shard.items():
-        # Both counters are always ADDed (0 or n) so they exist for the
-        # closure's equality conditions.
-        update: dict[str, Any] = {
-            "TableName": ctx.table,
-            "Key": key_attrs(key.pk, key.rk),
-            "UpdateExpression": (
-                "ADD pending :neg, done :d, failedCount :f "
-                "SET expiresAt = if_not_exists(expiresAt, :exp)"
-            ),
-            "ExpressionAttributeValues": {
-                ":neg": _n(-count),
-                ":n": _n(count),
-                ":d": _n(count if complete else 0),
-                ":f": _n(0 if complete else count),
-                ":exp": _n(ctx.expires_at()),
-            },
-        }
-        if key not in final:
-            update["ConditionExpression"] = "attribute_not_exists(sealed) OR pending > :n"
-        items.append({"Update": update})
+        items.append({"Update": _shard_update(ctx, key, count, complete, key not in final)})
         order.append(("shard", key))
     return items, order
+
+
+def _task_update(
+    ctx: Context, ref: TaskRef, outcome: Status, extra: Mapping[str, dict[str, Any]], now: str
+) -> dict[str, Any]:
+    names = {"#s": "status", "#c": "statusCode", "#u": "updatedAt", "#d": "completedAt"}
+    values: dict[str, Any] = {
+        ":s": {"S": outcome.value},
+        ":c": _n(STATUS_CODES[outcome]),
+        ":now": {"S": now},
+        ":pf": {"S": Status.PRE_FLIGHT.value},
+        ":ip": {"S": Status.IN_PROGRESS.value},
+    }
+    sets = ["#s = :s", "#c = :c", "#u = :now", "#d = :now"]
+    for position, (name, value) in enumerate(extra.items()):
+        names[f"#x{position}"] = name
+        values[f":x{position}"] = value
+        if name == "error":  # the bounded error list: appended to, not replaced
+            values[":empty"] = {"L": []}
+            sets.append(
+                f"#x{position} = list_append(if_not_exists(#x{position}, :empty), :x{position})"
+            )
+        else:
+            sets.append(f"#x{position} = :x{position}")
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(ref.key.pk, ref.key.rk),
+        "UpdateExpression": "SET " + ", ".join(sets),
+        "ConditionExpression": "#s IN (:pf, :ip)",
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _shard_update(
+    ctx: Context, key: RecordKey, count: int, complete: bool, conditional: bool
+) -> dict[str, Any]:
+    # Both counters are always ADDed (0 or n) so they exist for the
+    # closure's equality conditions.
+    update: dict[str, Any] = {
+        "TableName": ctx.table,
+        "Key": key_attrs(key.pk, key.rk),
+        "UpdateExpression": (
+            "ADD pending :neg, done :d, failedCount :f "
+            "SET expiresAt = if_not_exists(expiresAt, :exp)"
+        ),
+        "ExpressionAttributeValues": {
+            ":neg": _n(-count),
+            ":n": _n(count),
+            ":d": _n(count if complete else 0),
+            ":f": _n(0 if complete else count),
+            ":exp": _n(ctx.expires_at()),
+        },
+    }
+    if conditional:
+        update["ConditionExpression"] = "attribute_not_exists(sealed) OR pending > :n"
+    return update
 
 
 def _read_reasons(
@@ -317,42 +325,8 @@ async def close_shard(
     last = False
     backoff = Backoff(attempts=12, cap=2.0)
     for attempt in range(backoff.attempts):
-        cluster_update: dict[str, Any] = {
-            "TableName": ctx.table,
-            "Key": key_attrs(ckey.pk, ckey.rk),
-            "UpdateExpression": "ADD shardsOpen :m1, completed :d, failed :f SET updatedAt = :now",
-            "ConditionExpression": "attribute_exists(pk)"
-            + ("" if last else " AND (attribute_not_exists(sealed) OR shardsOpen > :one)"),
-            "ExpressionAttributeValues": {
-                ":m1": _n(-1),
-                ":d": _n(record.done),
-                ":f": _n(record.failed_count),
-                ":now": {"S": iso_now()},
-            }
-            | ({} if last else {":one": _n(1)}),
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        items = [
-            {
-                "Update": {
-                    "TableName": ctx.table,
-                    "Key": key_attrs(skey.pk, skey.rk),
-                    "UpdateExpression": "SET closedAt = :now",
-                    "ConditionExpression": (
-                        "sealed = :t AND pending = :zero AND attribute_not_exists(closedAt) "
-                        "AND done = :d AND failedCount = :f"
-                    ),
-                    "ExpressionAttributeValues": {
-                        ":now": {"S": iso_now()},
-                        ":t": {"BOOL": True},
-                        ":zero": _n(0),
-                        ":d": _n(record.done),
-                        ":f": _n(record.failed_count),
-                    },
-                }
-            },
-            {"Update": cluster_update},
-        ]
+        cluster_update = _close_cluster_update(ctx, ckey, record, last)
+        items = [{"Update": _close_shard_update(ctx, skey, record)}, {"Update": cluster_update}]
         try:
             with aws_errors(resource=ctx.table):
                 await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
@@ -373,6 +347,46 @@ async def close_shard(
             return await maybe_flip(ctx, cluster_id) if last else False
         await backoff.sleep(attempt)
     raise MsgclusterError(f"could not close shard {shard} of cluster {cluster_id}")
+
+
+def _close_shard_update(ctx: Context, skey: RecordKey, record: ShardRecord) -> dict[str, Any]:
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(skey.pk, skey.rk),
+        "UpdateExpression": "SET closedAt = :now",
+        "ConditionExpression": (
+            "sealed = :t AND pending = :zero AND attribute_not_exists(closedAt) "
+            "AND done = :d AND failedCount = :f"
+        ),
+        "ExpressionAttributeValues": {
+            ":now": {"S": iso_now()},
+            ":t": {"BOOL": True},
+            ":zero": _n(0),
+            ":d": _n(record.done),
+            ":f": _n(record.failed_count),
+        },
+    }
+
+
+def _close_cluster_update(
+    ctx: Context, ckey: RecordKey, record: ShardRecord, last: bool
+) -> dict[str, Any]:
+    """``ADD shardsOpen -1``, conditional unless this is known to be the last shard."""
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(ckey.pk, ckey.rk),
+        "UpdateExpression": "ADD shardsOpen :m1, completed :d, failed :f SET updatedAt = :now",
+        "ConditionExpression": "attribute_exists(pk)"
+        + ("" if last else " AND (attribute_not_exists(sealed) OR shardsOpen > :one)"),
+        "ExpressionAttributeValues": {
+            ":m1": _n(-1),
+            ":d": _n(record.done),
+            ":f": _n(record.failed_count),
+            ":now": {"S": iso_now()},
+        }
+        | ({} if last else {":one": _n(1)}),
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
 
 
 def within_tolerance(record: MessageClusterRecord) -> bool:
