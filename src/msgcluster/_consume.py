@@ -95,25 +95,7 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
       never (there is no record to say so), and no table is read for it.
     """
     classified = _classify(records)
-    wanted: list[tuple[str, str]] = []
-    for key, _, kind in classified:
-        if key is None:
-            continue
-        wanted.append((key.pk, key.rk))
-        if kind is MessageKind.TASK:
-            ckey = TaskRef(key).cluster_key
-            wanted.append((ckey.pk, ckey.rk))
-    found = (
-        await batch_get(
-            ctx,
-            wanted,
-            consistent_read=True,
-            projection="pk, rk, #s, statusCode, callbackStatus",
-            names={"#s": "status"},
-        )
-        if wanted
-        else {}
-    )
+    found = await _read_states(ctx, classified)
     out: list[bool] = []
     to_repair: set[tuple[str, int]] = set()
     for key, _, kind in classified:
@@ -143,6 +125,29 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
     for cid, shard in sorted(to_repair):
         await repair(ctx, cid, shard)
     return out
+
+
+async def _read_states(
+    ctx: Context, classified: list[tuple[RecordKey | None, SqsMessage | None, MessageKind]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """One consistent BatchGetItem of the records, and of each task's cluster."""
+    wanted: list[tuple[str, str]] = []
+    for key, _, kind in classified:
+        if key is None:
+            continue
+        wanted.append((key.pk, key.rk))
+        if kind is MessageKind.TASK:
+            ckey = TaskRef(key).cluster_key
+            wanted.append((ckey.pk, ckey.rk))
+    if not wanted:
+        return {}
+    return await batch_get(
+        ctx,
+        wanted,
+        consistent_read=True,
+        projection="pk, rk, #s, statusCode, callbackStatus",
+        names={"#s": "status"},
+    )
 
 
 async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[bool]:

@@ -85,6 +85,20 @@ class _BodyReader:
         return not self.broken
 
 
+def _framed_length(handler: Any) -> int:
+    """The body length of a request whose connection can be kept, else negative."""
+    if (
+        handler.close_connection
+        or handler.request_version != "HTTP/1.1"
+        or "Transfer-Encoding" in handler.headers
+    ):
+        return -1
+    try:
+        return int(handler.headers.get("Content-Length") or 0)
+    except ValueError:
+        return -1
+
+
 def _handler_classes(log_requests: bool) -> tuple[type[Any], type[Any]]:
     from moto.moto_server.werkzeug_app import MotoRequestHandler
 
@@ -115,17 +129,7 @@ def _handler_classes(log_requests: bool) -> tuple[type[Any], type[Any]]:
 
         def run_wsgi(self) -> None:
             self._keep_alive = False
-            if (
-                self.close_connection
-                or self.request_version != "HTTP/1.1"
-                or "Transfer-Encoding" in self.headers
-            ):
-                super().run_wsgi()
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
+            length = _framed_length(self)
             if length < 0:
                 super().run_wsgi()
                 return
@@ -182,6 +186,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stop_on_exit(server: Any, parent_pid: int | None) -> None:
+    """Shut ``server`` down on SIGTERM/SIGINT and, given ``parent_pid``, with the parent."""
+    stopping = threading.Lock()
+
+    def stop() -> None:
+        # shutdown() waits for serve_forever() to return: never call it on that thread.
+        if stopping.acquire(blocking=False):
+            threading.Thread(target=server.shutdown, name="msgcluster-shutdown").start()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if parent_pid is not None:
+        _watch_parent(stop, parent_pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     parent_pid = os.getppid()
@@ -217,20 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     # moto builds some URLs (Lambda, CloudFormation, Step Functions) from MOTO_PORT.
     os.environ["MOTO_PORT"] = str(port)
 
-    stopping = threading.Lock()
-
-    def stop() -> None:
-        # shutdown() waits for serve_forever() to return: never call it on that thread.
-        if stopping.acquire(blocking=False):
-            threading.Thread(target=server.shutdown, name="msgcluster-shutdown").start()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if args.watch_parent:
-        _watch_parent(stop, parent_pid)
+    _stop_on_exit(server, parent_pid if args.watch_parent else None)
 
     print(
         f"{READY_PREFIX} host={args.host} port={port} patched={int(_sqs_patch.is_applied())}"

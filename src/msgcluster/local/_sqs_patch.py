@@ -376,15 +376,7 @@ def _params(func: Any) -> list[str] | None:
 
 def _check(models: Any) -> list[str]:
     """What in this moto differs from what the patch expects (empty: all good)."""
-    import moto
-
-    problems: list[str] = []
-    version = str(getattr(moto, "__version__", "unknown"))
-    parsed = _version_tuple(version)
-    low, high = SUPPORTED_MOTO
-    if parsed is None or not low <= parsed < high:
-        problems.append(f"moto {version} is outside the supported range {_SUPPORTED_TEXT}")
-
+    problems = _check_version()
     queue_cls = getattr(models, "Queue", None)
     backend_cls = getattr(models, "SQSBackend", None)
     message_cls = getattr(models, "Message", None)
@@ -395,6 +387,28 @@ def _check(models: Any) -> list[str]:
     ):
         problems.append("moto.sqs.models no longer defines Queue, SQSBackend and Message")
         return problems
+    problems += _check_members(queue_cls, backend_cls, message_cls)
+    problems += _check_constants(queue_cls)
+    if problems:
+        return problems
+    problems.extend(_probe(queue_cls, message_cls))
+    return problems
+
+
+def _check_version() -> list[str]:
+    import moto
+
+    version = str(getattr(moto, "__version__", "unknown"))
+    parsed = _version_tuple(version)
+    low, high = SUPPORTED_MOTO
+    if parsed is None or not low <= parsed < high:
+        return [f"moto {version} is outside the supported range {_SUPPORTED_TEXT}"]
+    return []
+
+
+def _check_members(queue_cls: type, backend_cls: type, message_cls: type) -> list[str]:
+    """The properties and method signatures the patch replaces or relies on."""
+    problems: list[str] = []
 
     def expect_property(cls: type, name: str) -> None:
         if not isinstance(cls.__dict__.get(name), property):
@@ -427,7 +441,12 @@ def _check(models: Any) -> list[str]:
     expect_method(message_cls, "change_visibility", ["self", "visibility_timeout"])
     for name in ("visible", "delayed", "all_receipt_handles"):
         expect_property(message_cls, name)
+    return problems
 
+
+def _check_constants(queue_cls: type) -> list[str]:
+    """Queue's attribute-name lists and the moto helpers the replacements import."""
+    problems: list[str] = []
     base = getattr(queue_cls, "BASE_ATTRIBUTES", None)
     if not isinstance(base, list) or not set(_COUNTERS) <= set(base):
         problems.append("Queue.BASE_ATTRIBUTES no longer lists the ApproximateNumberOf* counters")
@@ -440,10 +459,6 @@ def _check(models: Any) -> list[str]:
     ):
         mod = importlib.import_module(module)
         problems.extend(f"{module}.{n} is missing" for n in names if not hasattr(mod, n))
-    if problems:
-        return problems
-
-    problems.extend(_probe(queue_cls, message_cls))
     return problems
 
 
