@@ -1,0 +1,280 @@
+"""``safe_process_batch``: an SQS-triggered Lambda batch with partial failures.
+
+Per batch: validate the whole event first (a malformed event is a bug in the
+trigger, not a message to retry); one consistent BatchGetItem finds records
+already complete (duplicate deliveries are skipped); the rest run
+concurrently under a limit; successes are completed with BatchWriteItem;
+failures are recorded and returned as ``batchItemFailures`` so Lambda
+redelivers only those. FIFO batches run each message group in order and
+fail the rest of a group after its first failure, as SQS ordering requires.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._clusterkeys import TaskRef, cluster_id_of
+from .._dynamo import batch_write, key_attrs
+from .._errors import ConfigurationError, MalformedEventError, MsgclusterError
+from ..clusters._callbacks import run_callback
+from ..clusters._fanin import settle_tasks
+from ..read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
+from ..read._records import ParsedRecord, load_incoming
+from ._consume import is_complete_batch, mark_failed
+
+if TYPE_CHECKING:
+    from .._context import Context
+    from .._schemas import RecordKey
+
+__all__ = ["safe_process_batch"]
+
+log = logging.getLogger("msgcluster")
+
+ProcessRecord = Callable[[ParsedRecord[Any]], Awaitable[Any] | Any]
+
+
+class _GroupBlocked(Exception):
+    """Not attempted: an earlier message of its FIFO group failed."""
+
+
+class _Item:
+    __slots__ = ("error", "incoming", "ok")
+
+    def __init__(self, incoming: Incoming) -> None:
+        self.incoming = incoming
+        self.ok = False
+        self.error: BaseException | None = incoming.error
+
+    @property
+    def message(self) -> SqsMessage:
+        return self.incoming.message
+
+    @property
+    def key(self) -> RecordKey | None:
+        return self.incoming.key
+
+
+def _records_of(event: object) -> list[SqsMessage]:
+    if not isinstance(event, Mapping) or not isinstance(event.get("Records"), list):
+        raise MalformedEventError(
+            "expected a Lambda SQS event: a mapping with a 'Records' list; got "
+            f"{type(event).__name__}"
+            + (f" with keys {sorted(map(str, event))[:8]}" if isinstance(event, Mapping) else "")
+        )
+    messages = []
+    for index, record in enumerate(event["Records"]):
+        try:
+            message = normalize(record)
+        except MalformedEventError as exc:
+            raise MalformedEventError(
+                f"Records[{index}]: {exc}", message_id=exc.message_id
+            ) from exc
+        source = record.get("eventSource") if isinstance(record, Mapping) else None
+        if source is not None and source != "aws:sqs":
+            raise MalformedEventError(
+                f"Records[{index}] comes from {source!r}, not 'aws:sqs'", message_id=message.id
+            )
+        messages.append(message)
+    return messages
+
+
+def _is_fifo(messages: list[SqsMessage]) -> bool:
+    return any(m.source_arn.endswith(".fifo") or m.group_id for m in messages)
+
+
+async def safe_process_batch(
+    ctx: Context | None,
+    event: object,
+    process_record: ProcessRecord,
+    *,
+    concurrency: int = 10,
+    fifo: bool | None = None,
+    body_type: Any = Any,
+) -> dict[str, list[dict[str, str]]]:
+    """Process a Lambda SQS event. ``ctx`` None (no Client): plain messages
+    only; a tracked or offloaded one then fails alone, saying why."""
+    messages = _records_of(event)
+    everything = [_read(ctx, message) for message in messages]
+    items, copies = _first_deliveries(everything)
+    done = await _already_done(ctx, items)
+    batch = _Batch(ctx, process_record, body_type, concurrency)
+    await batch.run(items, fifo=_is_fifo(messages) if fifo is None else fifo)
+    if ctx is not None:
+        await _complete(ctx, [i for i in items if i.ok and i.key is not None and i.key not in done])
+        failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
+        await _record_failures(ctx, batch.limiter, failed)
+    for copy, first in copies:
+        copy.ok, copy.error = first.ok, first.error
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": item.message.id} for item in everything if not item.ok
+        ]
+    }
+
+
+def _read(ctx: Context | None, message: SqsMessage) -> _Item:
+    item = _Item(classify(message))
+    if item.error is not None:
+        log.warning("message %s cannot be processed: %s", message.id, item.error)
+    elif ctx is None and item.key is not None:
+        item.error = ConfigurationError(
+            f"message {message.id} is tracked (sent with Client.send_message or a "
+            "cluster task): reading it needs a Client, App(client=msgcluster.Client(...))"
+        )
+    return item
+
+
+def _first_deliveries(items: list[_Item]) -> tuple[list[_Item], list[tuple[_Item, _Item]]]:
+    """The same message twice in one batch (duplicate delivery) runs once; the
+    copies share its outcome."""
+    originals: dict[object, _Item] = {}
+    copies: list[tuple[_Item, _Item]] = []
+    firsts: list[_Item] = []
+    for item in items:
+        identity = item.key if item.key is not None else item.message.id
+        first = originals.setdefault(identity, item)
+        if first is item:
+            firsts.append(item)
+        else:
+            copies.append((item, first))
+    return firsts, copies
+
+
+async def _already_done(ctx: Context | None, items: list[_Item]) -> set[RecordKey]:
+    """Tracked messages already complete (one consistent BatchGetItem): skipped."""
+    checked = [item for item in items if item.key is not None and item.error is None]
+    if not checked or ctx is None:
+        return set()
+    flags = await is_complete_batch(ctx, [item.key for item in checked])
+    done = {item.key for item, flag in zip(checked, flags, strict=True) if flag and item.key}
+    for item in items:
+        if item.key in done:
+            item.ok = True
+    return done
+
+
+class _Batch:
+    """Runs the records of one batch under a concurrency limit (FIFO groups in order)."""
+
+    def __init__(
+        self, ctx: Context | None, process_record: ProcessRecord, body_type: Any, concurrency: int
+    ) -> None:
+        self.ctx = ctx
+        self.process_record = process_record
+        self.body_type = body_type
+        self.limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def run(self, items: list[_Item], *, fifo: bool) -> None:
+        async with anyio.create_task_group() as tg:
+            if fifo:
+                groups: dict[str, list[_Item]] = {}
+                for item in items:
+                    groups.setdefault(item.message.group_id or "", []).append(item)
+                for group in groups.values():
+                    tg.start_soon(self._limited, self._run_group, group)
+            else:
+                for item in items:
+                    if not item.ok and item.error is None:
+                        tg.start_soon(self._limited, self._run_one, item)
+
+    async def _limited(self, func: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+        async with self.limiter:
+            await func(arg)
+
+    async def _run_group(self, group: list[_Item]) -> None:
+        failed = False
+        for item in group:
+            if failed:
+                item.error = item.error or _GroupBlocked()
+                continue
+            if not item.ok and item.error is None:
+                await self._run_one(item)
+            failed = item.error is not None
+
+    async def _run_one(self, item: _Item) -> None:
+        ctx = self.ctx
+        try:
+            parsed = await load_incoming(ctx, item.incoming, self.body_type)
+            item.incoming = _resolved(item.incoming, parsed)
+            if parsed.kind is MessageKind.EVENT and ctx is not None and ctx.cluster_callbacks:
+                # A completion event, and this Client has the callback: run it
+                # (claimed, so exactly once); a False claim means it is running
+                # elsewhere, so the event stays for a later try.
+                assert parsed.key is not None
+                if not await run_callback(
+                    ctx, cluster_id_of(parsed.key.pk), ctx.cluster_callbacks[0]
+                ):
+                    raise RuntimeError("completion callback is running elsewhere; retry later")
+            else:
+                result = self.process_record(parsed)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            item.error = exc
+            log.warning("message %s failed: %s", item.message.id, exc, exc_info=exc)
+            return
+        item.ok = True
+
+
+def _resolved(incoming: Incoming, parsed: ParsedRecord[Any]) -> Incoming:
+    """The classification once its payload was fetched: a foreign-looking pointer
+    may hold a msgcluster envelope, completed and failed by its real key."""
+    if parsed.key == incoming.key:
+        return incoming
+    return Incoming(parsed.message, parsed.kind, key=parsed.key, envelope=parsed.envelope)
+
+
+async def _complete(ctx: Context, items: list[_Item]) -> None:
+    """Complete processed records: tasks counted (one transaction), messages' records
+    deleted; a completion that fails fails its message."""
+    tasks = [
+        item for item in items if item.key is not None and kind_of(item.key) is MessageKind.TASK
+    ]
+    if tasks:
+        try:
+            await settle_tasks(ctx, [TaskRef(item.key) for item in tasks if item.key is not None])
+        except MsgclusterError as exc:
+            log.warning("could not count %d task(s): %s", len(tasks), exc)
+            for item in tasks:
+                item.ok = False
+                item.error = RuntimeError("task could not be marked complete")
+    requests = [
+        {"DeleteRequest": {"Key": key_attrs(item.key.pk, item.key.rk)}}
+        for item in items
+        if item.key is not None and kind_of(item.key) is MessageKind.MESSAGE
+    ]
+    if not requests:
+        return
+    try:
+        failures = await batch_write(ctx, requests)
+    except MsgclusterError as exc:
+        failures_pk = {item.key.pk for item in items if item.key is not None}
+        log.warning("could not complete %d record(s): %s", len(failures_pk), exc)
+    else:
+        failures_pk = {f.request["DeleteRequest"]["Key"]["pk"]["S"] for f in failures}
+    for item in items:
+        if item.key is not None and item.key.pk in failures_pk:
+            # Report it so it is redelivered: better processed twice than a
+            # record that says "not done" for work that was done.
+            item.ok = False
+            item.error = RuntimeError("record could not be marked complete")
+
+
+async def _record_failures(
+    ctx: Context, limiter: anyio.CapacityLimiter, items: list[_Item]
+) -> None:
+    async def record(item: _Item) -> None:
+        async with limiter:
+            try:
+                await mark_failed(ctx, item.message, item.error or RuntimeError("failed"))
+            except MsgclusterError as exc:
+                log.warning("could not record failure of %s: %s", item.message.id, exc)
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(record, item)
