@@ -26,9 +26,9 @@ from .._errors import (
     aws_errors,
 )
 from .._itemcodec import decode_item
-from .._payloads import fetch
 from .._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
 from ..queues._contract import OutgoingMessage as QueueMessage
+from ..queues._extended import fetch
 
 if TYPE_CHECKING:
     from .._context import Context

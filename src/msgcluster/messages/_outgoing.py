@@ -15,7 +15,6 @@ import msgspec
 
 from .._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
 from .._itemcodec import encode_item
-from .._payloads import EXTENDED_SIZE_ATTRIBUTE, pointer_body
 from .._schemas import (
     MessageEnvelope,
     MessageRecord,
@@ -28,6 +27,7 @@ from .._schemas import (
 )
 from ..queues._checks import check_attribute, check_attribute_name, sqs_attribute
 from ..queues._contract import OutgoingMessage
+from ..queues._extended import EXTENDED_SIZE_ATTRIBUTE, pointer_body
 
 if TYPE_CHECKING:
     from .._context import Context, QueueInfo

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .. import _payloads
 from .._clusterkeys import TaskRef, cluster_key
 from .._context import iso_now
 from .._dynamo import batch_get, batch_write, key_attrs
@@ -31,6 +30,7 @@ from .._schemas import (
 )
 from ..clusters._fanin import repair, settle_tasks
 from ..messages import _messages
+from ..queues import _extended
 from ..read._incoming import MessageKind, kind_of
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ async def mark_failed(
             extra["failedBody"] = {"S": message.body}
         else:
             object_key = f"{key.pk}@{key.rk[len(KEY_PREFIX) :]}.failed.json"
-            pointer = await _payloads.store(ctx, object_key, body)
+            pointer = await _extended.store(ctx, object_key, body)
             extra["failedBodyS3"] = {
                 "M": {"bucket": {"S": pointer.bucket}, "key": {"S": pointer.key}}
             }
