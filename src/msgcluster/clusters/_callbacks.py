@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._clusterkeys import cluster_key
 from .._context import iso_now
-from .._dynamo import get_consistent, key_attrs
+from .._dynamo import get_consistent, key_attrs, n_attr
 from .._errors import AwsConnectionError, CallbackError, ConditionFailedError, aws_errors
 from .._itemcodec import decode_item
 from .._schemas import CallbackStatus, MessageClusterRecord, StatusCode
@@ -56,10 +56,6 @@ def globals_getter(ctx: Context, record: MessageClusterRecord) -> GlobalsGetter:
         return await fetch(ctx, pointer, type)
 
     return get_globals
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
 
 
 async def run_callback(
@@ -130,13 +126,13 @@ async def _claim(
                 ExpressionAttributeValues={
                     ":running": {"S": CallbackStatus.RUNNING.value},
                     ":pending": {"S": CallbackStatus.PENDING.value},
-                    ":until": _n(now + lease_seconds),
-                    ":now": _n(now),
+                    ":until": n_attr(now + lease_seconds),
+                    ":now": n_attr(now),
                     ":me": {"S": owner},
                     ":iso": {"S": iso_now()},
-                    ":one": _n(1),
-                    ":done": _n(StatusCode.COMPLETE),
-                    ":error": _n(StatusCode.ERROR),
+                    ":one": n_attr(1),
+                    ":done": n_attr(StatusCode.COMPLETE),
+                    ":error": n_attr(StatusCode.ERROR),
                 },
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",

@@ -32,7 +32,7 @@ import msgspec
 from .._batching import Backoff
 from .._clusterkeys import TaskRef, cluster_key, shard_key
 from .._context import iso_now
-from .._dynamo import get_consistent, key_attrs
+from .._dynamo import get_consistent, key_attrs, n_attr
 from .._errors import (
     AwsConnectionError,
     ConditionFailedError,
@@ -55,7 +55,7 @@ from .._schemas import (
 from ..queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from .._context import Context
 
@@ -78,10 +78,6 @@ _RETRYABLE_REASONS: Final = frozenset(
 # was sent is re-sent only if the callback is still pending after this long.
 EVENT_RESEND_SECONDS: Final = 300
 _event_encoder: Final = msgspec.json.Encoder()
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
 
 
 class SettleResult:
@@ -211,7 +207,7 @@ def _task_update(
     names = {"#s": "status", "#c": "statusCode", "#u": "updatedAt", "#d": "completedAt"}
     values: dict[str, Any] = {
         ":s": {"S": outcome.value},
-        ":c": _n(STATUS_CODES[outcome]),
+        ":c": n_attr(STATUS_CODES[outcome]),
         ":now": {"S": now},
         ":pf": {"S": Status.PRE_FLIGHT.value},
         ":ip": {"S": Status.IN_PROGRESS.value},
@@ -250,11 +246,11 @@ def _shard_update(
             "SET expiresAt = if_not_exists(expiresAt, :exp)"
         ),
         "ExpressionAttributeValues": {
-            ":neg": _n(-count),
-            ":n": _n(count),
-            ":d": _n(count if complete else 0),
-            ":f": _n(0 if complete else count),
-            ":exp": _n(ctx.expires_at()),
+            ":neg": n_attr(-count),
+            ":n": n_attr(count),
+            ":d": n_attr(count if complete else 0),
+            ":f": n_attr(0 if complete else count),
+            ":exp": n_attr(ctx.expires_at()),
         },
     }
     if conditional:
@@ -361,9 +357,9 @@ def _close_shard_update(ctx: Context, skey: RecordKey, record: ShardRecord) -> d
         "ExpressionAttributeValues": {
             ":now": {"S": iso_now()},
             ":t": {"BOOL": True},
-            ":zero": _n(0),
-            ":d": _n(record.done),
-            ":f": _n(record.failed_count),
+            ":zero": n_attr(0),
+            ":d": n_attr(record.done),
+            ":f": n_attr(record.failed_count),
         },
     }
 
@@ -379,12 +375,12 @@ def _close_cluster_update(
         "ConditionExpression": "attribute_exists(pk)"
         + ("" if last else " AND (attribute_not_exists(sealed) OR shardsOpen > :one)"),
         "ExpressionAttributeValues": {
-            ":m1": _n(-1),
-            ":d": _n(record.done),
-            ":f": _n(record.failed_count),
+            ":m1": n_attr(-1),
+            ":d": n_attr(record.done),
+            ":f": n_attr(record.failed_count),
             ":now": {"S": iso_now()},
         }
-        | ({} if last else {":one": _n(1)}),
+        | ({} if last else {":one": n_attr(1)}),
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
 
@@ -427,13 +423,13 @@ async def maybe_flip(ctx: Context, cluster_id: str) -> bool:
                     ExpressionAttributeNames={"#s": "status"},
                     ExpressionAttributeValues={
                         ":s": {"S": status.value},
-                        ":c": _n(STATUS_CODES[status]),
+                        ":c": n_attr(STATUS_CODES[status]),
                         ":now": {"S": now},
                         ":pending": {"S": CallbackStatus.PENDING.value},
                         ":t": {"BOOL": True},
-                        ":zero": _n(0),
-                        ":c0": _n(StatusCode.PRE_FLIGHT),
-                        ":c1": _n(StatusCode.IN_PROGRESS),
+                        ":zero": n_attr(0),
+                        ":c0": n_attr(StatusCode.PRE_FLIGHT),
+                        ":c1": n_attr(StatusCode.IN_PROGRESS),
                     },
                     ReturnValues="ALL_NEW",
                 )
@@ -486,11 +482,7 @@ async def send_event(
                 Key=key_attrs(key.pk, key.rk),
                 UpdateExpression="SET eventSentAt = :now",
                 ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues={":now": _n(now)},
+                ExpressionAttributeValues={":now": n_attr(now)},
             )
     except MsgclusterError as exc:  # the event is out; at worst it is sent again
         log.debug("could not record the completion event of %s: %s", key.pk, exc)
-
-
-def shards_of(refs: Iterable[TaskRef]) -> set[tuple[str, int]]:
-    return {(ref.cluster_id, ref.shard) for ref in refs}

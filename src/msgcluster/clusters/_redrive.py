@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .._batching import Backoff
 from .._clusterkeys import TaskRef, cluster_key, shard_key
 from .._context import iso_now
-from .._dynamo import key_attrs
+from .._dynamo import key_attrs, n_attr
 from .._errors import (
     ClusterError,
     ThrottledError,
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["redrive"]
 
 log = logging.getLogger("msgcluster")
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
 
 
 async def _stored_body(ctx: Context, item: dict[str, Any]) -> str | None:
@@ -121,7 +117,7 @@ def _reset_task(ctx: Context, key: RecordKey, now: str) -> dict[str, Any]:
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {
             ":pf": {"S": Status.PRE_FLIGHT.value},
-            ":c0": _n(StatusCode.PRE_FLIGHT),
+            ":c0": n_attr(StatusCode.PRE_FLIGHT),
             ":now": {"S": now},
             ":error": {"S": Status.ERROR.value},
         },
@@ -130,7 +126,7 @@ def _reset_task(ctx: Context, key: RecordKey, now: str) -> dict[str, Any]:
 
 def _reopen_shard(ctx: Context, skey: RecordKey, record: ShardRecord, n: int) -> dict[str, Any]:
     closed = record.closed_at is not None
-    values: dict[str, Any] = {":neg": _n(-n), ":n": _n(n)}
+    values: dict[str, Any] = {":neg": n_attr(-n), ":n": n_attr(n)}
     condition = "failedCount >= :n"
     if closed:
         values[":closed"] = {"S": str(record.closed_at)}
@@ -162,12 +158,12 @@ def _reopen_cluster(ctx: Context, ckey: RecordKey, record: ShardRecord, now: str
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {
             ":ip": {"S": Status.IN_PROGRESS.value},
-            ":c1": _n(StatusCode.IN_PROGRESS),
+            ":c1": n_attr(StatusCode.IN_PROGRESS),
             ":now": {"S": now},
-            ":one": _n(1),
-            ":d": _n(-record.done),
-            ":f": _n(-record.failed_count),
+            ":one": n_attr(1),
+            ":d": n_attr(-record.done),
+            ":f": n_attr(-record.failed_count),
             ":t": {"BOOL": True},
-            ":stopped": _n(StatusCode.STOPPED),
+            ":stopped": n_attr(StatusCode.STOPPED),
         },
     }

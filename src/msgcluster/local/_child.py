@@ -48,24 +48,17 @@ class _BodyReader:
         self.broken = False
 
     def read(self, size: int | None = -1) -> bytes:
-        if self.remaining <= 0 or self.broken:
-            return b""
-        want = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        try:
-            data: bytes = self._raw.read(want)
-        except OSError:
-            data = b""
-        if not data:
-            self.broken = True
-        self.remaining -= len(data)
-        return data
+        return self._take(self._raw.read, size)
 
     def readline(self, size: int | None = -1) -> bytes:
+        return self._take(self._raw.readline, size)
+
+    def _take(self, reader: Callable[[int], bytes], size: int | None) -> bytes:
         if self.remaining <= 0 or self.broken:
             return b""
         want = self.remaining if size is None or size < 0 else min(size, self.remaining)
         try:
-            data: bytes = self._raw.readline(want)
+            data = reader(want)
         except OSError:
             data = b""
         if not data:

@@ -45,16 +45,8 @@ import re
 import threading
 from typing import Any, Final
 
-from ._sqs_replacements import (
-    COUNTERS,
-    LazyQueueAttributes,
-    change_message_visibility,
-    delete_message,
-    is_message_valid_based_on_retention_period,
-    queue_attributes,
-    queue_messages,
-    wrap_mark_received,
-)
+from . import _sqs_replacements as ours
+from ._sqs_replacements import LazyQueueAttributes
 
 __all__ = [
     "SUPPORTED_MOTO",
@@ -75,9 +67,7 @@ _lock = threading.Lock()
 _originals: dict[tuple[type, str], Any] = {}
 
 
-# --------------------------------------------------------------------------- #
-# checks                                                                       #
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- checks
 
 
 def _version_tuple(text: str) -> tuple[int, int, int] | None:
@@ -145,7 +135,7 @@ def _check_members(queue_cls: type, backend_cls: type, message_cls: type) -> lis
                 f" found ({', '.join(_params(func) or ['?'])})"
             )
 
-    for name in ("attributes", "messages", "pending_messages", "policy", *COUNTERS.values()):
+    for name in ("attributes", "messages", "pending_messages", "policy", *ours.COUNTERS.values()):
         expect_property(queue_cls, name)
     expect_method(queue_cls, "delete_message", ["self", "receipt_handle"])
     expect_method(queue_cls, "add_message", ["self", "message"])
@@ -169,7 +159,7 @@ def _check_constants(queue_cls: type) -> list[str]:
     """Queue's attribute-name lists and the moto helpers the replacements import."""
     problems: list[str] = []
     base = getattr(queue_cls, "BASE_ATTRIBUTES", None)
-    if not isinstance(base, list) or not set(COUNTERS) <= set(base):
+    if not isinstance(base, list) or not set(ours.COUNTERS) <= set(base):
         problems.append("Queue.BASE_ATTRIBUTES no longer lists the ApproximateNumberOf* counters")
     for name in ("FIFO_ATTRIBUTES", "KMS_ATTRIBUTES"):
         if not isinstance(getattr(queue_cls, name, None), list):
@@ -220,7 +210,7 @@ def _probe(queue_cls: type, message_cls: type) -> list[str]:
         original = _originals[(queue_cls, "attributes")]
     for probe in probes:
         expected = original.fget(probe)
-        got = queue_attributes(probe)
+        got = ours.queue_attributes(probe)
         if list(got) != list(expected) or got.copy() != expected:
             problems.append(
                 f"Queue.attributes content changed for {probe.name}: moto gives {expected!r},"
@@ -229,9 +219,7 @@ def _probe(queue_cls: type, message_cls: type) -> list[str]:
     return problems
 
 
-# --------------------------------------------------------------------------- #
-# apply / revert                                                               #
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- apply / revert
 
 
 def _models() -> Any:
@@ -268,19 +256,19 @@ def apply() -> None:
             )
         queue_cls, backend_cls, message_cls = models.Queue, models.SQSBackend, models.Message
         replacements: list[tuple[type, str, Any]] = [
-            (queue_cls, "attributes", property(queue_attributes, doc="Lazy, see msgcluster.")),
-            (queue_cls, "messages", property(queue_messages, doc="Lazy, see msgcluster.")),
-            (queue_cls, "delete_message", delete_message),
-            (backend_cls, "change_message_visibility", change_message_visibility),
+            (queue_cls, "attributes", property(ours.queue_attributes, doc="Lazy, see msgcluster.")),
+            (queue_cls, "messages", property(ours.queue_messages, doc="Lazy, see msgcluster.")),
+            (queue_cls, "delete_message", ours.delete_message),
+            (backend_cls, "change_message_visibility", ours.change_message_visibility),
             (
                 backend_cls,
                 "is_message_valid_based_on_retention_period",
-                is_message_valid_based_on_retention_period,
+                ours.is_message_valid_based_on_retention_period,
             ),
             (
                 message_cls,
                 "mark_received",
-                wrap_mark_received(message_cls.__dict__["mark_received"]),
+                ours.wrap_mark_received(message_cls.__dict__["mark_received"]),
             ),
         ]
         for cls, name, value in replacements:

@@ -70,9 +70,7 @@ _PENDING: Final = _Pending()
 _HANDLES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
-# --------------------------------------------------------------------------- #
-# Queue.attributes                                                             #
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- Queue.attributes
 
 
 class LazyQueueAttributes(dict[str, Any]):
@@ -208,9 +206,7 @@ def queue_attributes(queue: Any) -> LazyQueueAttributes:
     return result
 
 
-# --------------------------------------------------------------------------- #
-# Queue.messages                                                               #
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- Queue.messages
 
 
 class _VisibleMessages:
@@ -241,9 +237,7 @@ def queue_messages(queue: Any) -> _VisibleMessages:
     return _VisibleMessages(queue)
 
 
-# --------------------------------------------------------------------------- #
-# receipt handles                                                              #
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- receipt handles
 
 
 def wrap_mark_received(original: Callable[..., None]) -> Callable[..., None]:

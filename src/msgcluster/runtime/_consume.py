@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .._clusterkeys import TaskRef, cluster_key
+from .._clusterkeys import TaskRef
 from .._context import iso_now
 from .._dynamo import batch_get, batch_write, key_attrs
 from .._errors import EnvelopeError
@@ -235,7 +235,3 @@ async def mark_failed(
         return await _messages.get_message_record(ctx, key, consistent_read=True)
     except Exception:
         return None
-
-
-def cluster_key_of(key: RecordKey) -> RecordKey:
-    return TaskRef(key).cluster_key if kind_of(key) is MessageKind.TASK else cluster_key(key.pk)
