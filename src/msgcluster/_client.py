@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
-from . import _aws, _consume, _dead_letters, _lambda, _provision
+from . import _aws, _dead_letters, _provision
 from ._clusterkeys import cluster_key
 from ._context import Context
 from ._errors import ConfigurationError
@@ -16,18 +16,20 @@ from ._settings import RetryMode, Settings
 from .clusters import _cluster_create, _clusters, _globals
 from .messages import _messages, _sending
 from .read import _records
+from .runtime import _consume
+from .runtime import _safe_batch as _lambda
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
     from types import TracebackType
 
     from ._dead_letters import DeadLetterReport
-    from ._lambda import ProcessRecord
     from ._provision import ProvisionReport
     from ._results import BatchSendResult
     from ._schemas import MessageClusterRecord, MessageRecord, RecordKey, Status
     from .clusters._callbacks import ClusterCallback
     from .read._records import ParsedRecord
+    from .runtime._safe_batch import ProcessRecord
 
 __all__ = ["Client"]
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import _consume
 from ._errors import EnvelopeError, RecordError
 from ._schemas import Status
 from .messages import _messages
 from .read import _records
+from .runtime import _consume
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from ._context import Context
 
-__all__ = ["WriteFailure", "batch_get", "batch_write", "get_consistent", "key_attrs"]
+__all__ = ["WriteFailure", "batch_get", "batch_write", "get_consistent", "key_attrs", "n_attr"]
 
 BATCH_WRITE_MAX = 25
 BATCH_GET_MAX = 100
@@ -26,6 +26,10 @@ BATCH_GET_MAX = 100
 
 def key_attrs(pk: str, rk: str) -> dict[str, Any]:
     return {"pk": {"S": pk}, "rk": {"S": rk}}
+
+
+def n_attr(value: int) -> dict[str, str]:
+    return {"N": str(value)}
 
 
 async def get_consistent(ctx: Context, pk: str, rk: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._clusterkeys import cluster_key
 from .._context import iso_now
-from .._dynamo import get_consistent, key_attrs
+from .._dynamo import get_consistent, key_attrs, n_attr
 from .._errors import AwsConnectionError, CallbackError, ConditionFailedError, aws_errors
 from .._itemcodec import decode_item
 from .._schemas import CallbackStatus, MessageClusterRecord, StatusCode
@@ -58,10 +58,6 @@ def globals_getter(ctx: Context, record: MessageClusterRecord) -> GlobalsGetter:
     return get_globals
 
 
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
-
-
 async def run_callback(
     ctx: Context,
     cluster_id: str,
@@ -76,48 +72,10 @@ async def run_callback(
     process holds the claim. A callback that raises is recorded and re-raised
     as :class:`CallbackError`.
     """
-    key = cluster_key(cluster_id)
     owner = uuid.uuid4().hex
-    now = int(ctx.clock())
-    try:
-        with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(key.pk, key.rk),
-                UpdateExpression=(
-                    "SET callbackStatus = :running, callbackLease = :until, "
-                    "callbackOwner = :me, updatedAt = :iso ADD callbackAttempts :one"
-                ),
-                ConditionExpression=(
-                    "statusCode IN (:done, :error) AND (callbackStatus = :pending OR "
-                    "(callbackStatus = :running AND callbackLease < :now))"
-                ),
-                ExpressionAttributeValues={
-                    ":running": {"S": CallbackStatus.RUNNING.value},
-                    ":pending": {"S": CallbackStatus.PENDING.value},
-                    ":until": _n(now + lease_seconds),
-                    ":now": _n(now),
-                    ":me": {"S": owner},
-                    ":iso": {"S": iso_now()},
-                    ":one": _n(1),
-                    ":done": _n(StatusCode.COMPLETE),
-                    ":error": _n(StatusCode.ERROR),
-                },
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        attributes: Any = response["Attributes"]
-    except ConditionFailedError as exc:
-        # Our claim applied but its response was lost, and botocore's retry
-        # of it failed the condition: the item then names us as the owner.
-        if not _claimed_by(exc.item, owner):
-            return False
-        attributes = exc.item
-    except AwsConnectionError:
-        # No answer: the claim may have applied; only a read can tell.
-        attributes = await get_consistent(ctx, key.pk, key.rk)
-        if not _claimed_by(attributes, owner):
-            raise
+    attributes = await _claim(ctx, cluster_id, owner, lease_seconds)
+    if attributes is None:
+        return False
     record = decode_item(attributes, MessageClusterRecord)
     attempts = record.callback_attempts
     try:
@@ -144,6 +102,54 @@ async def run_callback(
         ) from exc
     await _release(ctx, cluster_id, owner, CallbackStatus.DONE, None)
     return True
+
+
+async def _claim(
+    ctx: Context, cluster_id: str, owner: str, lease_seconds: int
+) -> dict[str, Any] | None:
+    """The cluster item if ``owner`` now holds the claim, else None."""
+    key = cluster_key(cluster_id)
+    now = int(ctx.clock())
+    try:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.update_item(
+                TableName=ctx.table,
+                Key=key_attrs(key.pk, key.rk),
+                UpdateExpression=(
+                    "SET callbackStatus = :running, callbackLease = :until, "
+                    "callbackOwner = :me, updatedAt = :iso ADD callbackAttempts :one"
+                ),
+                ConditionExpression=(
+                    "statusCode IN (:done, :error) AND (callbackStatus = :pending OR "
+                    "(callbackStatus = :running AND callbackLease < :now))"
+                ),
+                ExpressionAttributeValues={
+                    ":running": {"S": CallbackStatus.RUNNING.value},
+                    ":pending": {"S": CallbackStatus.PENDING.value},
+                    ":until": n_attr(now + lease_seconds),
+                    ":now": n_attr(now),
+                    ":me": {"S": owner},
+                    ":iso": {"S": iso_now()},
+                    ":one": n_attr(1),
+                    ":done": n_attr(StatusCode.COMPLETE),
+                    ":error": n_attr(StatusCode.ERROR),
+                },
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        attributes: dict[str, Any] | None = response["Attributes"]
+    except ConditionFailedError as exc:
+        # Our claim applied but its response was lost, and botocore's retry
+        # of it failed the condition: the item then names us as the owner.
+        if not _claimed_by(exc.item, owner):
+            return None
+        attributes = exc.item
+    except AwsConnectionError:
+        # No answer: the claim may have applied; only a read can tell.
+        attributes = await get_consistent(ctx, key.pk, key.rk)
+        if not _claimed_by(attributes, owner):
+            raise
+    return attributes
 
 
 def _claimed_by(item: dict[str, Any] | None, owner: str) -> bool:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .. import _payloads
 from .._batching import gather_limited, iter_chunks
 from .._clusterkeys import (
     CLUSTER_INDEX_KEY,
@@ -57,6 +56,7 @@ from .._schemas import (
 )
 from ..messages._outgoing import Prepared, encode_json, needs_offload, prepare
 from ..messages._sending import send_entries
+from ..queues import _extended
 from ..queues._contract import OutgoingMessage
 from ._fanin import close_shard, maybe_flip
 
@@ -336,7 +336,7 @@ class _Creator:
         large = [entry for entry in entries if needs_offload(self.ctx, entry)]
 
         async def offload(entry: Prepared) -> None:
-            entry.offload_to(await _payloads.store_payload(self.ctx, entry.key, entry.envelope))
+            entry.offload_to(await _extended.store_payload(self.ctx, entry.key, entry.envelope))
 
         await gather_limited(self.ctx.limiter, [partial(offload, entry) for entry in large])
 

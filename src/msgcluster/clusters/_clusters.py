@@ -61,7 +61,6 @@ __all__ = [
 log = logging.getLogger("msgcluster")
 
 _UNSET: Final = object()
-INCOMPLETE: Final = frozenset({Status.PRE_FLIGHT, Status.IN_PROGRESS})
 
 
 def cluster_id_from(key: object) -> str:

@@ -32,7 +32,7 @@ import msgspec
 from .._batching import Backoff
 from .._clusterkeys import TaskRef, cluster_key, shard_key
 from .._context import iso_now
-from .._dynamo import get_consistent, key_attrs
+from .._dynamo import get_consistent, key_attrs, n_attr
 from .._errors import (
     AwsConnectionError,
     ConditionFailedError,
@@ -55,7 +55,7 @@ from .._schemas import (
 from ..queues._contract import OutgoingMessage as QueueMessage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from .._context import Context
 
@@ -78,10 +78,6 @@ _RETRYABLE_REASONS: Final = frozenset(
 # was sent is re-sent only if the callback is still pending after this long.
 EVENT_RESEND_SECONDS: Final = 300
 _event_encoder: Final = msgspec.json.Encoder()
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
 
 
 class SettleResult:
@@ -195,63 +191,71 @@ def _settle_items(
     order: list[tuple[str, RecordKey]] = []
     per_shard: dict[RecordKey, int] = {}
     for ref in refs:
-        names = {"#s": "status", "#c": "statusCode", "#u": "updatedAt", "#d": "completedAt"}
-        values: dict[str, Any] = {
-            ":s": {"S": outcome.value},
-            ":c": _n(STATUS_CODES[outcome]),
-            ":now": {"S": now},
-            ":pf": {"S": Status.PRE_FLIGHT.value},
-            ":ip": {"S": Status.IN_PROGRESS.value},
-        }
-        sets = ["#s = :s", "#c = :c", "#u = :now", "#d = :now"]
-        for position, (name, value) in enumerate(extra.get(ref.key, {}).items()):
-            names[f"#x{position}"] = name
-            values[f":x{position}"] = value
-            if name == "error":  # the bounded error list: appended to, not replaced
-                values[":empty"] = {"L": []}
-                sets.append(
-                    f"#x{position} = list_append(if_not_exists(#x{position}, :empty), :x{position})"
-                )
-            else:
-                sets.append(f"#x{position} = :x{position}")
-        items.append(
-            {
-                "Update": {
-                    "TableName": ctx.table,
-                    "Key": key_attrs(ref.key.pk, ref.key.rk),
-                    "UpdateExpression": "SET " + ", ".join(sets),
-                    "ConditionExpression": "#s IN (:pf, :ip)",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": values,
-                }
-            }
-        )
+        items.append({"Update": _task_update(ctx, ref, outcome, extra.get(ref.key, {}), now)})
         order.append(("task", ref.key))
         per_shard[ref.shard_key] = per_shard.get(ref.shard_key, 0) + 1
     complete = outcome is Status.COMPLETE
     for key, count in per_shard.items():
-        # Both counters are always ADDed (0 or n) so they exist for the
-        # closure's equality conditions.
-        update: dict[str, Any] = {
-            "TableName": ctx.table,
-            "Key": key_attrs(key.pk, key.rk),
-            "UpdateExpression": (
-                "ADD pending :neg, done :d, failedCount :f "
-                "SET expiresAt = if_not_exists(expiresAt, :exp)"
-            ),
-            "ExpressionAttributeValues": {
-                ":neg": _n(-count),
-                ":n": _n(count),
-                ":d": _n(count if complete else 0),
-                ":f": _n(0 if complete else count),
-                ":exp": _n(ctx.expires_at()),
-            },
-        }
-        if key not in final:
-            update["ConditionExpression"] = "attribute_not_exists(sealed) OR pending > :n"
-        items.append({"Update": update})
+        items.append({"Update": _shard_update(ctx, key, count, complete, key not in final)})
         order.append(("shard", key))
     return items, order
+
+
+def _task_update(
+    ctx: Context, ref: TaskRef, outcome: Status, extra: Mapping[str, dict[str, Any]], now: str
+) -> dict[str, Any]:
+    names = {"#s": "status", "#c": "statusCode", "#u": "updatedAt", "#d": "completedAt"}
+    values: dict[str, Any] = {
+        ":s": {"S": outcome.value},
+        ":c": n_attr(STATUS_CODES[outcome]),
+        ":now": {"S": now},
+        ":pf": {"S": Status.PRE_FLIGHT.value},
+        ":ip": {"S": Status.IN_PROGRESS.value},
+    }
+    sets = ["#s = :s", "#c = :c", "#u = :now", "#d = :now"]
+    for position, (name, value) in enumerate(extra.items()):
+        names[f"#x{position}"] = name
+        values[f":x{position}"] = value
+        if name == "error":  # the bounded error list: appended to, not replaced
+            values[":empty"] = {"L": []}
+            sets.append(
+                f"#x{position} = list_append(if_not_exists(#x{position}, :empty), :x{position})"
+            )
+        else:
+            sets.append(f"#x{position} = :x{position}")
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(ref.key.pk, ref.key.rk),
+        "UpdateExpression": "SET " + ", ".join(sets),
+        "ConditionExpression": "#s IN (:pf, :ip)",
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _shard_update(
+    ctx: Context, key: RecordKey, count: int, complete: bool, conditional: bool
+) -> dict[str, Any]:
+    # Both counters are always ADDed (0 or n) so they exist for the
+    # closure's equality conditions.
+    update: dict[str, Any] = {
+        "TableName": ctx.table,
+        "Key": key_attrs(key.pk, key.rk),
+        "UpdateExpression": (
+            "ADD pending :neg, done :d, failedCount :f "
+            "SET expiresAt = if_not_exists(expiresAt, :exp)"
+        ),
+        "ExpressionAttributeValues": {
+            ":neg": n_attr(-count),
+            ":n": n_attr(count),
+            ":d": n_attr(count if complete else 0),
+            ":f": n_attr(0 if complete else count),
+            ":exp": n_attr(ctx.expires_at()),
+        },
+    }
+    if conditional:
+        update["ConditionExpression"] = "attribute_not_exists(sealed) OR pending > :n"
+    return update
 
 
 def _read_reasons(
@@ -317,42 +321,8 @@ async def close_shard(
     last = False
     backoff = Backoff(attempts=12, cap=2.0)
     for attempt in range(backoff.attempts):
-        cluster_update: dict[str, Any] = {
-            "TableName": ctx.table,
-            "Key": key_attrs(ckey.pk, ckey.rk),
-            "UpdateExpression": "ADD shardsOpen :m1, completed :d, failed :f SET updatedAt = :now",
-            "ConditionExpression": "attribute_exists(pk)"
-            + ("" if last else " AND (attribute_not_exists(sealed) OR shardsOpen > :one)"),
-            "ExpressionAttributeValues": {
-                ":m1": _n(-1),
-                ":d": _n(record.done),
-                ":f": _n(record.failed_count),
-                ":now": {"S": iso_now()},
-            }
-            | ({} if last else {":one": _n(1)}),
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        items = [
-            {
-                "Update": {
-                    "TableName": ctx.table,
-                    "Key": key_attrs(skey.pk, skey.rk),
-                    "UpdateExpression": "SET closedAt = :now",
-                    "ConditionExpression": (
-                        "sealed = :t AND pending = :zero AND attribute_not_exists(closedAt) "
-                        "AND done = :d AND failedCount = :f"
-                    ),
-                    "ExpressionAttributeValues": {
-                        ":now": {"S": iso_now()},
-                        ":t": {"BOOL": True},
-                        ":zero": _n(0),
-                        ":d": _n(record.done),
-                        ":f": _n(record.failed_count),
-                    },
-                }
-            },
-            {"Update": cluster_update},
-        ]
+        cluster_update = _close_cluster_update(ctx, ckey, record, last)
+        items = [{"Update": _close_shard_update(ctx, skey, record)}, {"Update": cluster_update}]
         try:
             with aws_errors(resource=ctx.table):
                 await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
@@ -373,6 +343,46 @@ async def close_shard(
             return await maybe_flip(ctx, cluster_id) if last else False
         await backoff.sleep(attempt)
     raise MsgclusterError(f"could not close shard {shard} of cluster {cluster_id}")
+
+
+def _close_shard_update(ctx: Context, skey: RecordKey, record: ShardRecord) -> dict[str, Any]:
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(skey.pk, skey.rk),
+        "UpdateExpression": "SET closedAt = :now",
+        "ConditionExpression": (
+            "sealed = :t AND pending = :zero AND attribute_not_exists(closedAt) "
+            "AND done = :d AND failedCount = :f"
+        ),
+        "ExpressionAttributeValues": {
+            ":now": {"S": iso_now()},
+            ":t": {"BOOL": True},
+            ":zero": n_attr(0),
+            ":d": n_attr(record.done),
+            ":f": n_attr(record.failed_count),
+        },
+    }
+
+
+def _close_cluster_update(
+    ctx: Context, ckey: RecordKey, record: ShardRecord, last: bool
+) -> dict[str, Any]:
+    """``ADD shardsOpen -1``, conditional unless this is known to be the last shard."""
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(ckey.pk, ckey.rk),
+        "UpdateExpression": "ADD shardsOpen :m1, completed :d, failed :f SET updatedAt = :now",
+        "ConditionExpression": "attribute_exists(pk)"
+        + ("" if last else " AND (attribute_not_exists(sealed) OR shardsOpen > :one)"),
+        "ExpressionAttributeValues": {
+            ":m1": n_attr(-1),
+            ":d": n_attr(record.done),
+            ":f": n_attr(record.failed_count),
+            ":now": {"S": iso_now()},
+        }
+        | ({} if last else {":one": n_attr(1)}),
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
 
 
 def within_tolerance(record: MessageClusterRecord) -> bool:
@@ -413,13 +423,13 @@ async def maybe_flip(ctx: Context, cluster_id: str) -> bool:
                     ExpressionAttributeNames={"#s": "status"},
                     ExpressionAttributeValues={
                         ":s": {"S": status.value},
-                        ":c": _n(STATUS_CODES[status]),
+                        ":c": n_attr(STATUS_CODES[status]),
                         ":now": {"S": now},
                         ":pending": {"S": CallbackStatus.PENDING.value},
                         ":t": {"BOOL": True},
-                        ":zero": _n(0),
-                        ":c0": _n(StatusCode.PRE_FLIGHT),
-                        ":c1": _n(StatusCode.IN_PROGRESS),
+                        ":zero": n_attr(0),
+                        ":c0": n_attr(StatusCode.PRE_FLIGHT),
+                        ":c1": n_attr(StatusCode.IN_PROGRESS),
                     },
                     ReturnValues="ALL_NEW",
                 )
@@ -472,11 +482,7 @@ async def send_event(
                 Key=key_attrs(key.pk, key.rk),
                 UpdateExpression="SET eventSentAt = :now",
                 ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues={":now": _n(now)},
+                ExpressionAttributeValues={":now": n_attr(now)},
             )
     except MsgclusterError as exc:  # the event is out; at worst it is sent again
         log.debug("could not record the completion event of %s: %s", key.pk, exc)
-
-
-def shards_of(refs: Iterable[TaskRef]) -> set[tuple[str, int]]:
-    return {(ref.cluster_id, ref.shard) for ref in refs}

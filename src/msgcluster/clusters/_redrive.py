@@ -18,18 +18,17 @@ from typing import TYPE_CHECKING, Any
 from .._batching import Backoff
 from .._clusterkeys import TaskRef, cluster_key, shard_key
 from .._context import iso_now
-from .._dynamo import key_attrs
+from .._dynamo import key_attrs, n_attr
 from .._errors import (
     ClusterError,
-    MsgclusterError,
     ThrottledError,
     TransactionCanceledError,
     aws_errors,
 )
 from .._itemcodec import decode_item
-from .._payloads import fetch
 from .._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
 from ..queues._contract import OutgoingMessage as QueueMessage
+from ..queues._extended import fetch
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -37,10 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["redrive"]
 
 log = logging.getLogger("msgcluster")
-
-
-def _n(value: int) -> dict[str, str]:
-    return {"N": str(value)}
 
 
 async def _stored_body(ctx: Context, item: dict[str, Any]) -> str | None:
@@ -94,74 +89,11 @@ async def _uncount(ctx: Context, cid: str, shard: int, keys: list[RecordKey]) ->
                 TableName=ctx.table, Key=key_attrs(skey.pk, skey.rk), ConsistentRead=True
             )
         record = decode_item(response["Item"], ShardRecord)  # type: ignore[arg-type]
-        closed = record.closed_at is not None
         now = iso_now()
-        n = len(keys)
-        items: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": ctx.table,
-                    "Key": key_attrs(key.pk, key.rk),
-                    "UpdateExpression": "SET #s = :pf, statusCode = :c0, updatedAt = :now "
-                    "REMOVE completedAt",
-                    "ConditionExpression": "#s = :error",
-                    "ExpressionAttributeNames": {"#s": "status"},
-                    "ExpressionAttributeValues": {
-                        ":pf": {"S": Status.PRE_FLIGHT.value},
-                        ":c0": _n(StatusCode.PRE_FLIGHT),
-                        ":now": {"S": now},
-                        ":error": {"S": Status.ERROR.value},
-                    },
-                }
-            }
-            for key in keys
-        ]
-        shard_values: dict[str, Any] = {":neg": _n(-n), ":n": _n(n)}
-        shard_condition = "failedCount >= :n"
-        if closed:
-            shard_values[":closed"] = {"S": str(record.closed_at)}
-            shard_condition += " AND closedAt = :closed"
-        else:
-            shard_condition += " AND attribute_not_exists(closedAt)"
-        items.append(
-            {
-                "Update": {
-                    "TableName": ctx.table,
-                    "Key": key_attrs(skey.pk, skey.rk),
-                    "UpdateExpression": "ADD failedCount :neg, pending :n"
-                    + (" REMOVE closedAt" if closed else ""),
-                    "ConditionExpression": shard_condition,
-                    "ExpressionAttributeValues": shard_values,
-                }
-            }
-        )
-        if closed:
-            items.append(
-                {
-                    "Update": {
-                        "TableName": ctx.table,
-                        "Key": key_attrs(ckey.pk, ckey.rk),
-                        "UpdateExpression": (
-                            "SET #s = :ip, statusCode = :c1, updatedAt = :now "
-                            "ADD shardsOpen :one, completed :d, failed :f "
-                            "REMOVE completedAt, callbackStatus, callbackAttempts, callbackError, "
-                            "callbackAt, eventSentAt, callbackLease, callbackOwner"
-                        ),
-                        "ConditionExpression": "sealed = :t AND statusCode <> :stopped",
-                        "ExpressionAttributeNames": {"#s": "status"},
-                        "ExpressionAttributeValues": {
-                            ":ip": {"S": Status.IN_PROGRESS.value},
-                            ":c1": _n(StatusCode.IN_PROGRESS),
-                            ":now": {"S": now},
-                            ":one": _n(1),
-                            ":d": _n(-record.done),
-                            ":f": _n(-record.failed_count),
-                            ":t": {"BOOL": True},
-                            ":stopped": _n(StatusCode.STOPPED),
-                        },
-                    }
-                }
-            )
+        items = [{"Update": _reset_task(ctx, key, now)} for key in keys]
+        items.append({"Update": _reopen_shard(ctx, skey, record, len(keys))})
+        if record.closed_at is not None:
+            items.append({"Update": _reopen_cluster(ctx, ckey, record, now)})
         try:
             with aws_errors(resource=ctx.table):
                 await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
@@ -173,6 +105,65 @@ async def _uncount(ctx: Context, cid: str, shard: int, keys: list[RecordKey]) ->
                 ) from exc
             await backoff.sleep(attempt)
             continue
-        except MsgclusterError:
-            raise
         return
+
+
+def _reset_task(ctx: Context, key: RecordKey, now: str) -> dict[str, Any]:
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(key.pk, key.rk),
+        "UpdateExpression": "SET #s = :pf, statusCode = :c0, updatedAt = :now REMOVE completedAt",
+        "ConditionExpression": "#s = :error",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {
+            ":pf": {"S": Status.PRE_FLIGHT.value},
+            ":c0": n_attr(StatusCode.PRE_FLIGHT),
+            ":now": {"S": now},
+            ":error": {"S": Status.ERROR.value},
+        },
+    }
+
+
+def _reopen_shard(ctx: Context, skey: RecordKey, record: ShardRecord, n: int) -> dict[str, Any]:
+    closed = record.closed_at is not None
+    values: dict[str, Any] = {":neg": n_attr(-n), ":n": n_attr(n)}
+    condition = "failedCount >= :n"
+    if closed:
+        values[":closed"] = {"S": str(record.closed_at)}
+        condition += " AND closedAt = :closed"
+    else:
+        condition += " AND attribute_not_exists(closedAt)"
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(skey.pk, skey.rk),
+        "UpdateExpression": "ADD failedCount :neg, pending :n"
+        + (" REMOVE closedAt" if closed else ""),
+        "ConditionExpression": condition,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _reopen_cluster(ctx: Context, ckey: RecordKey, record: ShardRecord, now: str) -> dict[str, Any]:
+    """Take a closed shard's counts back out; IN PROGRESS with a fresh callback state."""
+    return {
+        "TableName": ctx.table,
+        "Key": key_attrs(ckey.pk, ckey.rk),
+        "UpdateExpression": (
+            "SET #s = :ip, statusCode = :c1, updatedAt = :now "
+            "ADD shardsOpen :one, completed :d, failed :f "
+            "REMOVE completedAt, callbackStatus, callbackAttempts, callbackError, "
+            "callbackAt, eventSentAt, callbackLease, callbackOwner"
+        ),
+        "ConditionExpression": "sealed = :t AND statusCode <> :stopped",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": {
+            ":ip": {"S": Status.IN_PROGRESS.value},
+            ":c1": n_attr(StatusCode.IN_PROGRESS),
+            ":now": {"S": now},
+            ":one": n_attr(1),
+            ":d": n_attr(-record.done),
+            ":f": n_attr(-record.failed_count),
+            ":t": {"BOOL": True},
+            ":stopped": n_attr(StatusCode.STOPPED),
+        },
+    }

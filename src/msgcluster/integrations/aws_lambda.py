@@ -32,9 +32,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
-from .._lambda import safe_process_batch
 from ..queues._contract import ReceivedMessage
 from ..read._incoming import MessageKind
+from ..runtime._safe_batch import safe_process_batch
 from ..worker._context import MessageContext
 from ..worker._flow import Ack
 

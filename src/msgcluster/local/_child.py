@@ -48,24 +48,17 @@ class _BodyReader:
         self.broken = False
 
     def read(self, size: int | None = -1) -> bytes:
-        if self.remaining <= 0 or self.broken:
-            return b""
-        want = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        try:
-            data: bytes = self._raw.read(want)
-        except OSError:
-            data = b""
-        if not data:
-            self.broken = True
-        self.remaining -= len(data)
-        return data
+        return self._take(self._raw.read, size)
 
     def readline(self, size: int | None = -1) -> bytes:
+        return self._take(self._raw.readline, size)
+
+    def _take(self, reader: Callable[[int], bytes], size: int | None) -> bytes:
         if self.remaining <= 0 or self.broken:
             return b""
         want = self.remaining if size is None or size < 0 else min(size, self.remaining)
         try:
-            data: bytes = self._raw.readline(want)
+            data = reader(want)
         except OSError:
             data = b""
         if not data:
@@ -83,6 +76,20 @@ class _BodyReader:
         while self.remaining > 0 and not self.broken:
             self.read(1 << 20)
         return not self.broken
+
+
+def _framed_length(handler: Any) -> int:
+    """The body length of a request whose connection can be kept, else negative."""
+    if (
+        handler.close_connection
+        or handler.request_version != "HTTP/1.1"
+        or "Transfer-Encoding" in handler.headers
+    ):
+        return -1
+    try:
+        return int(handler.headers.get("Content-Length") or 0)
+    except ValueError:
+        return -1
 
 
 def _handler_classes(log_requests: bool) -> tuple[type[Any], type[Any]]:
@@ -115,17 +122,7 @@ def _handler_classes(log_requests: bool) -> tuple[type[Any], type[Any]]:
 
         def run_wsgi(self) -> None:
             self._keep_alive = False
-            if (
-                self.close_connection
-                or self.request_version != "HTTP/1.1"
-                or "Transfer-Encoding" in self.headers
-            ):
-                super().run_wsgi()
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
+            length = _framed_length(self)
             if length < 0:
                 super().run_wsgi()
                 return
@@ -182,6 +179,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stop_on_exit(server: Any, parent_pid: int | None) -> None:
+    """Shut ``server`` down on SIGTERM/SIGINT and, given ``parent_pid``, with the parent."""
+    stopping = threading.Lock()
+
+    def stop() -> None:
+        # shutdown() waits for serve_forever() to return: never call it on that thread.
+        if stopping.acquire(blocking=False):
+            threading.Thread(target=server.shutdown, name="msgcluster-shutdown").start()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if parent_pid is not None:
+        _watch_parent(stop, parent_pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     parent_pid = os.getppid()
@@ -217,20 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     # moto builds some URLs (Lambda, CloudFormation, Step Functions) from MOTO_PORT.
     os.environ["MOTO_PORT"] = str(port)
 
-    stopping = threading.Lock()
-
-    def stop() -> None:
-        # shutdown() waits for serve_forever() to return: never call it on that thread.
-        if stopping.acquire(blocking=False):
-            threading.Thread(target=server.shutdown, name="msgcluster-shutdown").start()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if args.watch_parent:
-        _watch_parent(stop, parent_pid)
+    _stop_on_exit(server, parent_pid if args.watch_parent else None)
 
     print(
         f"{READY_PREFIX} host={args.host} port={port} patched={int(_sqs_patch.is_applied())}"

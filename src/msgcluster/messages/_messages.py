@@ -14,6 +14,7 @@ from .._context import iso_now
 from .._dynamo import batch_get, key_attrs
 from .._errors import (
     ConditionFailedError,
+    MetaTooLargeError,
     MsgclusterError,
     RecordNotFoundError,
     aws_errors,
@@ -114,15 +115,8 @@ async def update_message_record(
     values: dict[str, Any] = {":now": {"S": iso_now()}}
     sets = ["#u = :now"]
     if meta is not _UNSET:
-        meta_bytes = msgspec.json.encode(meta)
-        if len(meta_bytes) > ctx.settings.max_meta_bytes:
-            from .._errors import MetaTooLargeError
-
-            raise MetaTooLargeError(
-                f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
-            )
         names["#m"] = "meta"
-        values[":meta"] = to_attr(msgspec.json.decode(meta_bytes))
+        values[":meta"] = _meta_attr(ctx, meta)
         sets.append("#m = :meta")
     if status is not None:
         new_status = Status.parse(status)
@@ -157,6 +151,15 @@ async def update_message_record(
             operation=exc.operation,
         ) from exc
     return decode_item(response["Attributes"], MessageRecord)  # type: ignore[arg-type]
+
+
+def _meta_attr(ctx: Context, meta: Any) -> dict[str, Any]:
+    meta_bytes = msgspec.json.encode(meta)
+    if len(meta_bytes) > ctx.settings.max_meta_bytes:
+        raise MetaTooLargeError(
+            f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
+        )
+    return to_attr(msgspec.json.decode(meta_bytes))
 
 
 # --------------------------------------------------------------------------- consume
@@ -197,14 +200,20 @@ async def mark_failed(
         type="" if isinstance(error, str) else type(error).__name__,
         receive_count=receive_count,
     )
+    return await _append_error(ctx, key, status, entry)
+
+
+async def _append_error(
+    ctx: Context, key: RecordKey, status: Status, entry: ErrorEntry
+) -> MessageRecord | None:
     limit = ctx.settings.max_errors
     names = {"#s": "status", "#c": "statusCode", "#e": "error", "#u": "updatedAt"}
     base_values: dict[str, Any] = {
         ":s": {"S": status.value},
         ":c": {"N": str(STATUS_CODES[status])},
-        ":now": {"S": now},
+        ":now": {"S": entry.at},
         ":exp": {"N": str(ctx.expires_at())},
-        ":rc": {"N": str(receive_count)},
+        ":rc": {"N": str(entry.receive_count)},
         ":done": {"S": Status.COMPLETE.value},
     }
     sets = "#s = :s, #c = :c, #u = :now, expiresAt = :exp, consumptionCount = :rc"

@@ -15,7 +15,6 @@ import msgspec
 
 from .._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
 from .._itemcodec import encode_item
-from .._payloads import EXTENDED_SIZE_ATTRIBUTE, pointer_body
 from .._schemas import (
     MessageEnvelope,
     MessageRecord,
@@ -28,6 +27,7 @@ from .._schemas import (
 )
 from ..queues._checks import check_attribute, check_attribute_name, sqs_attribute
 from ..queues._contract import OutgoingMessage
+from ..queues._extended import EXTENDED_SIZE_ATTRIBUTE, pointer_body
 
 if TYPE_CHECKING:
     from .._context import Context, QueueInfo
@@ -187,20 +187,7 @@ def prepare(
     it costs 1 WCU) and a ``factory`` that builds the task envelope.
     """
     settings = ctx.settings
-    delay = message.delay_seconds or 0
-    if not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_SECONDS:
-        raise ValidationError(f"delay_seconds must be an int in 0..{MAX_DELAY_SECONDS}")
-    if info.fifo:
-        if not message.group_id:
-            raise ValidationError(f"queue {info.url} is FIFO: group_id is required")
-        if delay:
-            raise ValidationError("FIFO queues do not support per-message delay_seconds")
-    elif message.group_id is not None or message.dedup_id is not None:
-        # SQS accepts MessageGroupId on standard queues now, but dedup ids are
-        # FIFO-only; refuse both so a misconfigured queue is caught early.
-        raise ValidationError(
-            f"queue {info.url} is a standard queue: group_id/dedup_id need a FIFO queue"
-        )
+    delay = _check_delivery(info, message)
     meta_bytes = encode_json(message.meta, "meta")
     if len(meta_bytes) > settings.max_meta_bytes:
         raise MetaTooLargeError(
@@ -208,18 +195,7 @@ def prepare(
             "(meta lives on the DynamoDB record; put large data in the body)"
         )
     body = encode_json(message.body, "body")
-    attributes, attributes_size = encode_attributes(message.attributes)
-    if len(attributes) > info.max_attributes:
-        # sqs:// keeps one of SQS's ten for its own encoding flag.
-        raise ValidationError(
-            f"queue {info.url} takes at most {info.max_attributes} message attributes, "
-            f"got {len(attributes)}"
-        )
-    if attributes_size + _POINTER_ENVELOPE_BYTES > settings.max_message_bytes:
-        raise MessageTooLargeError(
-            f"message attributes take {attributes_size:,} bytes; with the envelope they "
-            f"cannot fit in {settings.max_message_bytes:,}"
-        )
+    attributes, attributes_size = _check_attributes(ctx, info, message.attributes)
     ident, record_key = key or new_message_key()
     record = MessageRecord(
         pk=record_key.pk,
@@ -248,6 +224,43 @@ def prepare(
         dedup_id=(message.dedup_id or ident) if info.fifo else None,
         max_attributes=info.max_attributes,
     )
+
+
+def _check_delivery(info: QueueInfo, message: OutgoingMessage) -> int:
+    """The message's delay, after checking it and its FIFO options against the queue."""
+    delay = message.delay_seconds or 0
+    if not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_SECONDS:
+        raise ValidationError(f"delay_seconds must be an int in 0..{MAX_DELAY_SECONDS}")
+    if info.fifo:
+        if not message.group_id:
+            raise ValidationError(f"queue {info.url} is FIFO: group_id is required")
+        if delay:
+            raise ValidationError("FIFO queues do not support per-message delay_seconds")
+    elif message.group_id is not None or message.dedup_id is not None:
+        # SQS accepts MessageGroupId on standard queues now, but dedup ids are
+        # FIFO-only; refuse both so a misconfigured queue is caught early.
+        raise ValidationError(
+            f"queue {info.url} is a standard queue: group_id/dedup_id need a FIFO queue"
+        )
+    return delay
+
+
+def _check_attributes(
+    ctx: Context, info: QueueInfo, given: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], int]:
+    attributes, attributes_size = encode_attributes(given)
+    if len(attributes) > info.max_attributes:
+        # sqs:// keeps one of SQS's ten for its own encoding flag.
+        raise ValidationError(
+            f"queue {info.url} takes at most {info.max_attributes} message attributes, "
+            f"got {len(attributes)}"
+        )
+    if attributes_size + _POINTER_ENVELOPE_BYTES > ctx.settings.max_message_bytes:
+        raise MessageTooLargeError(
+            f"message attributes take {attributes_size:,} bytes; with the envelope they "
+            f"cannot fit in {ctx.settings.max_message_bytes:,}"
+        )
+    return attributes, attributes_size
 
 
 def _with_status(item: dict[str, Any]) -> dict[str, Any]:

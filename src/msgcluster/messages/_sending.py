@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
-from .. import _payloads
 from .._batching import gather_limited, iter_chunks
 from .._context import iso_now
 from .._dynamo import batch_write, key_attrs
@@ -29,6 +28,7 @@ from .._errors import (
     is_sender_fault,
 )
 from .._results import BatchSendResult, EntryFailure
+from ..queues import _extended
 from ..queues._contract import OutgoingMessage
 from ..queues._portable import is_retryable
 from ._outgoing import Prepared, needs_offload, prepare
@@ -70,7 +70,7 @@ async def send_message(
     )
     entry = prepare(ctx, info, 0, outgoing, iso_now())
     if needs_offload(ctx, entry):
-        entry.offload_to(await _payloads.store_payload(ctx, entry.key, entry.envelope))
+        entry.offload_to(await _extended.store_payload(ctx, entry.key, entry.envelope))
     with aws_errors(resource=ctx.table):
         await ctx.ddb.put_item(
             TableName=ctx.table,
@@ -207,7 +207,7 @@ async def _offload_large(
 
     async def offload(entry: Prepared) -> Prepared | None:
         try:
-            entry.offload_to(await _payloads.store_payload(ctx, entry.key, entry.envelope))
+            entry.offload_to(await _extended.store_payload(ctx, entry.key, entry.envelope))
         except MsgclusterError as exc:
             failures.append(_failure(entry.index, None, exc))
             return None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._errors import BatchLimitError, MessageTooLargeError, ValidationError
 from ._contract import OutgoingMessage
+from ._extended import parse_pointer
 
 if TYPE_CHECKING:
     from ._contract import Capabilities
@@ -161,8 +162,6 @@ def _body_bytes(body: object) -> bytes:
 
 
 def _is_pointer(body: bytes) -> bool:
-    from .._payloads import parse_pointer
-
     try:
         return parse_pointer(body.decode(), {}) is not None
     except UnicodeDecodeError:

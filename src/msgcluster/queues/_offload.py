@@ -1,6 +1,6 @@
 """Payloads too large for a queue, offloaded to S3 by the portable layer.
 
-The same mechanism and format as the Client's (``msgcluster._payloads``): the
+The same mechanism and format as the Client's (``_extended``): the
 SQS Extended Client's pointer body plus the ``ExtendedPayloadSize``
 attribute, the object holding the whole body. So a queue opened with
 ``payloads=PayloadStore(...)`` sends what the AWS Extended Client reads, and
@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .._payloads import (
+from .._schemas import KEY_PREFIX
+from ._extended import (
     EXTENDED_SIZE_ATTRIBUTES,
     get_payload,
     parse_pointer,
     pointer_body,
     put_payload,
 )
-from .._schemas import KEY_PREFIX
 
 if TYPE_CHECKING:
     from .._schemas import S3Pointer

@@ -24,7 +24,6 @@ import msgspec
 
 from .._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef
 from .._errors import EnvelopeError, InvalidKeyError, MalformedEventError
-from .._payloads import fetch, parse_pointer, payload_record_key
 from .._schemas import (
     ENVELOPE_TYPES,
     ClusterEventEnvelope,
@@ -34,6 +33,7 @@ from .._schemas import (
     S3Pointer,
     TaskEnvelope,
 )
+from ..queues._extended import fetch, parse_pointer, payload_record_key
 
 if TYPE_CHECKING:
     from .._context import Context

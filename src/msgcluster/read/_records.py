@@ -11,7 +11,6 @@ import msgspec
 
 from .._clusterkeys import TaskRef
 from .._errors import PayloadNotLoadedError, RecordNotFoundError
-from .._payloads import fetch
 from .._schemas import (
     NO_BODY,
     MessageEnvelope,
@@ -21,6 +20,7 @@ from .._schemas import (
     S3Pointer,
     TaskEnvelope,
 )
+from ..queues._extended import fetch
 from ._bodies import body_decoder
 from ._incoming import Incoming, MessageKind, classify, normalize, resolve
 

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from . import _payloads
-from ._clusterkeys import TaskRef, cluster_key
-from ._context import iso_now
-from ._dynamo import batch_get, batch_write, key_attrs
-from ._errors import EnvelopeError
-from ._itemcodec import to_attr
-from ._schemas import (
+from .._clusterkeys import TaskRef
+from .._context import iso_now
+from .._dynamo import batch_get, batch_write, key_attrs
+from .._errors import EnvelopeError
+from .._itemcodec import to_attr
+from .._schemas import (
     KEY_PREFIX,
     CallbackStatus,
     ErrorEntry,
@@ -29,15 +28,16 @@ from ._schemas import (
     Status,
     StatusCode,
 )
-from .clusters._fanin import repair, settle_tasks
-from .messages import _messages
-from .read._incoming import MessageKind, kind_of
+from ..clusters._fanin import repair, settle_tasks
+from ..messages import _messages
+from ..queues import _extended
+from ..read._incoming import MessageKind, kind_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ._context import Context
-    from .read._incoming import SqsMessage
+    from .._context import Context
+    from ..read._incoming import SqsMessage
 
 __all__ = [
     "MessageKind",
@@ -95,25 +95,7 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
       never (there is no record to say so), and no table is read for it.
     """
     classified = _classify(records)
-    wanted: list[tuple[str, str]] = []
-    for key, _, kind in classified:
-        if key is None:
-            continue
-        wanted.append((key.pk, key.rk))
-        if kind is MessageKind.TASK:
-            ckey = TaskRef(key).cluster_key
-            wanted.append((ckey.pk, ckey.rk))
-    found = (
-        await batch_get(
-            ctx,
-            wanted,
-            consistent_read=True,
-            projection="pk, rk, #s, statusCode, callbackStatus",
-            names={"#s": "status"},
-        )
-        if wanted
-        else {}
-    )
+    found = await _read_states(ctx, classified)
     out: list[bool] = []
     to_repair: set[tuple[str, int]] = set()
     for key, _, kind in classified:
@@ -143,6 +125,29 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
     for cid, shard in sorted(to_repair):
         await repair(ctx, cid, shard)
     return out
+
+
+async def _read_states(
+    ctx: Context, classified: list[tuple[RecordKey | None, SqsMessage | None, MessageKind]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """One consistent BatchGetItem of the records, and of each task's cluster."""
+    wanted: list[tuple[str, str]] = []
+    for key, _, kind in classified:
+        if key is None:
+            continue
+        wanted.append((key.pk, key.rk))
+        if kind is MessageKind.TASK:
+            ckey = TaskRef(key).cluster_key
+            wanted.append((ckey.pk, ckey.rk))
+    if not wanted:
+        return {}
+    return await batch_get(
+        ctx,
+        wanted,
+        consistent_read=True,
+        projection="pk, rk, #s, statusCode, callbackStatus",
+        names={"#s": "status"},
+    )
 
 
 async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[bool]:
@@ -220,7 +225,7 @@ async def mark_failed(
             extra["failedBody"] = {"S": message.body}
         else:
             object_key = f"{key.pk}@{key.rk[len(KEY_PREFIX) :]}.failed.json"
-            pointer = await _payloads.store(ctx, object_key, body)
+            pointer = await _extended.store(ctx, object_key, body)
             extra["failedBodyS3"] = {
                 "M": {"bucket": {"S": pointer.bucket}, "key": {"S": pointer.key}}
             }
@@ -230,7 +235,3 @@ async def mark_failed(
         return await _messages.get_message_record(ctx, key, consistent_read=True)
     except Exception:
         return None
-
-
-def cluster_key_of(key: RecordKey) -> RecordKey:
-    return TaskRef(key).cluster_key if kind_of(key) is MessageKind.TASK else cluster_key(key.pk)

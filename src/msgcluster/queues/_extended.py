@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ._errors import InvalidKeyError, ObjectNotFoundError, aws_errors
-from ._schemas import KEY_PREFIX, RecordKey, S3Pointer
+from .._errors import InvalidKeyError, ObjectNotFoundError, aws_errors
+from .._schemas import KEY_PREFIX, RecordKey, S3Pointer
 
 if TYPE_CHECKING:
-    from ._context import Context
+    from .._context import Context
 
 __all__ = [
     "EXTENDED_POINTER_CLASS",

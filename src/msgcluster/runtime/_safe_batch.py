@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._clusterkeys import TaskRef, cluster_id_of
+from .._clusterkeys import TaskRef, cluster_id_of
+from .._dynamo import batch_write, key_attrs
+from .._errors import ConfigurationError, MalformedEventError, MsgclusterError
+from ..clusters._callbacks import run_callback
+from ..clusters._fanin import settle_tasks
+from ..read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
+from ..read._records import ParsedRecord, load_incoming
 from ._consume import is_complete_batch, mark_failed
-from ._dynamo import batch_write, key_attrs
-from ._errors import ConfigurationError, MalformedEventError, MsgclusterError
-from .clusters._callbacks import run_callback
-from .clusters._fanin import settle_tasks
-from .read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
-from .read._records import ParsedRecord, load_incoming
 
 if TYPE_CHECKING:
-    from ._context import Context
-    from ._schemas import RecordKey
+    from .._context import Context
+    from .._schemas import RecordKey
 
 __all__ = ["safe_process_batch"]
 
