@@ -300,13 +300,23 @@ async def test_shutdown_drains_handlers_before_closing_the_client(
     assert (cluster.status, cluster.completed) == (msgcluster.Status.COMPLETE, 1)
 
 
+def handling_app(client: msgcluster.Client) -> App:
+    """An App with one handler (a Worker refuses an App with none)."""
+    app = App(client=client)
+
+    @app.handler(str)
+    async def handle(body: str) -> None: ...
+
+    return app
+
+
 async def test_a_worker_that_fails_is_logged_and_the_app_keeps_serving(
     mc: msgcluster.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     reset_memory_queues()
 
     def broken(client: msgcluster.Client) -> list[Worker]:
-        return [Worker(App(client=client), "memory://jobs?no_such_option=1")]
+        return [Worker(handling_app(client), "memory://jobs?no_such_option=1")]
 
     app = example_app("unused", msgcluster_lifespan(mc, workers=broken))
     with caplog.at_level(logging.ERROR, logger="msgcluster.fastapi"):
@@ -334,7 +344,7 @@ async def test_own_lifespan_wraps_the_workers(mc: msgcluster.Client) -> None:
 
     def workers(client: msgcluster.Client) -> list[Worker]:
         events.append("workers built")
-        worker = Worker(App(client=client), "memory://jobs", wait_seconds=0.05)
+        worker = Worker(handling_app(client), "memory://jobs", wait_seconds=0.05)
         started.append(worker)
         return [worker]
 

@@ -260,20 +260,27 @@ async def test_bad_sends_write_nothing(
 
 GOOD = {"messageId": "good-1", "body": '{"order_id": 1, "item": "tea"}'}
 BAD_RECORDS: list[tuple[str, object]] = [
-    ("not a mapping", "record"),
     ("no body", {"messageId": "m"}),
     ("body not text", {"messageId": "m", "body": 17}),
-    ("no message id", {"body": "x"}),
+    ("attributes not an object", {"messageId": "m", "body": "x", "attributes": 3}),
     ("lone surrogate, typed", {"messageId": "m", "body": '{"order_id": 1, "item": "\ud800"}'}),
     ("mis-keyed envelope", {"messageId": "m", "body": '{"type":"message","pk":"evil","rk":"x"}'}),
     ("wrong field type", {"messageId": "m", "body": '{"order_id": "one", "item": "tea"}'}),
+    ("not JSON", {"messageId": "m", "body": "Test message."}),
+]
+# No message id: it cannot be named in batchItemFailures, so the whole event
+# fails (and is redelivered whole): a typed error, nothing processed or lost.
+UNNAMED_RECORDS: list[tuple[str, object]] = [
+    ("not a mapping", "record"),
+    ("no message id", {"body": "x"}),
+    ("empty message id", {"messageId": "", "body": "x"}),
 ]
 
 
 @pytest.mark.parametrize("record", [c[1] for c in BAD_RECORDS], ids=[c[0] for c in BAD_RECORDS])
-async def test_one_bad_record_fails_alone(mc: msgcluster.Client, record: object) -> None:
+async def test_one_bad_record_fails_alone(mc: msgcluster.Client, record: dict[str, Any]) -> None:
     """Through safe_process_batch and the Lambda adapter: the good record is
-    processed, the bad one reported (its id when it has one), nothing raised."""
+    processed, the bad one reported by its id, nothing raised."""
     seen: list[Order] = []
 
     async def process(parsed: Any) -> None:
@@ -282,11 +289,7 @@ async def test_one_bad_record_fails_alone(mc: msgcluster.Client, record: object)
     event = {"Records": [GOOD, record]}
     result = await mc.safe_process_batch(event, process)
     assert seen == [Order(1, "tea")]
-    failures = result["batchItemFailures"]
-    if isinstance(record, dict) and "messageId" in record:
-        assert failures == [{"itemIdentifier": record["messageId"]}]
-    else:
-        assert failures  # reported, never dropped
+    assert result["batchItemFailures"] == [{"itemIdentifier": "m"}]
 
     app = App()  # plain bodies: the adapter needs no client
     handled: list[Order] = []
@@ -301,7 +304,23 @@ async def test_one_bad_record_fails_alone(mc: msgcluster.Client, record: object)
     finally:
         await anyio.to_thread.run_sync(handler.close)
     assert handled == [Order(1, "tea")]
-    assert response["batchItemFailures"]
+    assert response["batchItemFailures"] == [{"itemIdentifier": "m"}]
+
+
+@pytest.mark.parametrize(
+    "record", [c[1] for c in UNNAMED_RECORDS], ids=[c[0] for c in UNNAMED_RECORDS]
+)
+async def test_a_record_without_an_id_fails_the_event(
+    mc: msgcluster.Client, record: object
+) -> None:
+    seen: list[Any] = []
+
+    async def process(parsed: Any) -> None:
+        seen.append(parsed)
+
+    with pytest.raises(msgcluster.MalformedEventError, match=r"Records\[1\]"):
+        await mc.safe_process_batch({"Records": [GOOD, record]}, process)
+    assert seen == []
 
 
 async def test_events_that_are_not_sqs_events(mc: msgcluster.Client) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from .._clusterkeys import CLUSTER_SORT_KEY, TASK_SORT_PREFIX, TaskRef
-from .._errors import EnvelopeError, InvalidKeyError, MalformedEventError
+from .._errors import EnvelopeError, InvalidKeyError, MalformedEventError, RecordError
 from .._schemas import (
     ENVELOPE_TYPES,
     ClusterEventEnvelope,
@@ -235,7 +235,7 @@ class Incoming:
         key: RecordKey | None = None,
         envelope: Envelope | None = None,
         pointer: S3Pointer | None = None,
-        error: EnvelopeError | None = None,
+        error: RecordError | None = None,
     ) -> None:
         self.message = message
         self.kind = kind

@@ -71,9 +71,15 @@ def _records_of(event: object) -> list[SqsMessage]:
         try:
             message = normalize(record)
         except MalformedEventError as exc:
-            raise MalformedEventError(
-                f"Records[{index}]: {exc}", message_id=exc.message_id
-            ) from exc
+            if exc.message_id is None:
+                # Nothing to name it by in batchItemFailures: only failing the
+                # whole event (redelivered as a whole) keeps it from being lost.
+                raise MalformedEventError(
+                    f"Records[{index}]: {exc}", message_id=exc.message_id
+                ) from exc
+            # It has an id: it fails alone, reported like any other failure.
+            messages.append(SqsMessage(id=exc.message_id, body="", record=exc))
+            continue
         source = record.get("eventSource") if isinstance(record, Mapping) else None
         if source is not None and source != "aws:sqs":
             raise MalformedEventError(
@@ -118,6 +124,8 @@ async def safe_process_batch(
 
 
 def _read(ctx: Context | None, message: SqsMessage) -> _Item:
+    if isinstance(message.record, MalformedEventError):  # see _records_of
+        return _Item(Incoming(message, MessageKind.PLAIN, error=message.record))
     item = _Item(classify(message))
     if item.error is not None:
         log.warning("message %s cannot be processed: %s", message.id, item.error)
