@@ -306,3 +306,36 @@ async def test_a_completion_event_waits_out_another_process_callback_lease(
     assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
     record = await mc.get_message_cluster(key, consistent_read=True)
     assert record.status == msgcluster.Status.COMPLETE
+
+
+async def test_stop_lets_polls_finish_and_releases_what_they_return(
+    mc: msgcluster.Client, names: dict[str, str]
+) -> None:
+    """A message the server hands to a poll still open at stop() is made
+    visible again at once, not left invisible by an abandoned request (real
+    SQS, and LocalStack, deliver to a poll whose client has gone)."""
+    url = (await mc.provision([names["queue"]]))[names["queue"]]
+    app = App(mc)
+    handled: list[str] = []
+
+    @app.handler(str)
+    async def handle(body: str) -> None:
+        handled.append(body)
+
+    worker = Worker(
+        app,
+        f"sqs://{names['queue']}",
+        receivers=2,
+        wait_seconds=2,
+        visibility_timeout=300,
+        handle_signals=False,
+        queue_options={"client": mc.sqs},
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await anyio.sleep(0.5)  # both receivers are in a long poll now
+        worker.stop()
+        await mc.sqs.send_message(QueueUrl=url, MessageBody="sent while stopping")
+    assert handled == []  # received after stop(): released, not run
+    response = await mc.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=3)
+    assert [m["Body"] for m in response.get("Messages", [])] == ["sent while stopping"]
