@@ -78,6 +78,10 @@ class Call:
     env: dict[str, str] = field(default_factory=dict)
 
 
+# What `redrive --json` adds when no dead letter is a cluster task.
+EMPTY_CLUSTERS: dict[str, Any] = {"cluster_tasks_left": 0, "clusters": []}
+
+
 def cli_env(aws: LocalAWS, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v
@@ -165,7 +169,7 @@ async def test_sqs_queue_commands(
             MessageAttributes={"k": {"DataType": "String", "StringValue": str(n)}},
         )
     moved = (await cli(local_aws, "redrive", uri, "--all", "--json")).json
-    assert moved == {"queue": uri, "id": None, "redriven": 3}
+    assert moved == {**EMPTY_CLUSTERS, "queue": uri, "id": None, "redriven": 3}
     assert (await queue_depth(mc, queue_url), await queue_depth(mc, dlq_url)) == (13, 0)
 
     # A tracked message in the DLQ with its record not final, as a consumer
@@ -367,7 +371,7 @@ async def test_dynamodb_admin_commands(
         assert received.json["count"] == 2
         assert (await queue.stats()).visible == 4  # received, then visible again
         one = (await cli(local_aws, "redrive", uri, m3, "--json")).json
-        assert one == {"queue": uri, "id": m3, "redriven": 1}
+        assert one == {**EMPTY_CLUSTERS, "queue": uri, "id": m3, "redriven": 1}
         (await cli(local_aws, "redrive", uri, m3, expect=3)).one_line_error("no dead letter")
 
         await queue.dead_letter_message(m0)

@@ -225,19 +225,23 @@ async def _wait_active(ctx: Context, limit: float = 120.0) -> None:
 
 
 async def ensure_bucket(ctx: Context, bucket: str, report: ProvisionReport) -> None:
+    # HeadBucket first: CreateBucket in us-east-1 answers 200 for a bucket
+    # you already own, so its answer cannot say whether it created one.
     resource = f"bucket {bucket}"
-    if report.dry_run:
-        try:
-            with aws_errors(resource=f"s3://{bucket}"):
-                await ctx.s3.head_bucket(Bucket=bucket)
-        except ResourceNotFoundError:
-            report.add(
-                resource, "created", f"objects expire after {ctx.settings.retention_days} days"
-            )
-            return
+    try:
+        with aws_errors(resource=f"s3://{bucket}"):
+            await ctx.s3.head_bucket(Bucket=bucket)
         report.add(resource, "unchanged", "exists")
-        await _ensure_lifecycle(ctx, bucket, report)
-        return
+    except ResourceNotFoundError:
+        days = ctx.settings.retention_days
+        report.add(resource, "created", f"msgcluster objects expire after {days} days")
+        if report.dry_run:
+            return
+        await _create_bucket(ctx, bucket)
+    await _ensure_lifecycle(ctx, bucket, report)
+
+
+async def _create_bucket(ctx: Context, bucket: str) -> None:
     request: dict[str, Any] = {"Bucket": bucket}
     region = ctx.s3.meta.region_name
     if region and region != "us-east-1":
@@ -245,16 +249,13 @@ async def ensure_bucket(ctx: Context, bucket: str, report: ProvisionReport) -> N
     try:
         with aws_errors(resource=f"s3://{bucket}"):
             await ctx.s3.create_bucket(**request)
-        report.add(resource, "created")
     except AwsError as exc:
-        if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-            raise
         if exc.code == "BucketAlreadyExists":
             raise ConfigurationError(
                 f"bucket {bucket!r} exists and belongs to another account; choose another name"
             ) from exc
-        report.add(resource, "unchanged", "exists")
-    await _ensure_lifecycle(ctx, bucket, report)
+        if exc.code != "BucketAlreadyOwnedByYou":  # created concurrently: fine
+            raise
 
 
 async def _ensure_lifecycle(ctx: Context, bucket: str, report: ProvisionReport) -> None:

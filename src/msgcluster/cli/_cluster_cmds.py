@@ -168,10 +168,9 @@ async def scan_clusters(
         filters += " AND statusCode = :stopped"
         values[":stopped"] = {"N": str(int(StatusCode.STOPPED))}
     elif status is not None:
-        filters += " AND #s = :s AND statusCode <> :stopped"
+        filters += " AND #s = :s"  # ERROR includes cancelled clusters, as stored
         names["#s"] = "status"
         values[":s"] = {"S": str(status)}
-        values[":stopped"] = {"N": str(int(StatusCode.STOPPED))}
     request: dict[str, Any] = {
         "TableName": table,
         "FilterExpression": filters,

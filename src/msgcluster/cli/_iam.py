@@ -84,6 +84,8 @@ OPERATIONS: Final[dict[str, dict[str, Permission]]] = {
         "PutObject": Permission("s3:PutObject", _R),
         "DeleteObject": Permission("s3:DeleteObject", _R),
         "CreateBucket": Permission("s3:CreateBucket", _P, on_bucket=True),
+        # HeadBucket is authorized by s3:ListBucket (`provision --dry-run`).
+        "HeadBucket": Permission("s3:ListBucket", _P, on_bucket=True),
         "GetBucketLifecycleConfiguration": Permission(
             "s3:GetLifecycleConfiguration", _P, on_bucket=True
         ),

@@ -156,7 +156,7 @@ async def list_clusters(
             if item is None:
                 continue
             record = decode_item(item, MessageClusterRecord)
-            if wanted is None or _status_of(record) == wanted:
+            if wanted is None or wanted in (record.status, _status_of(record)):
                 yield record
         last = response.get("LastEvaluatedKey")
         if not last:
@@ -165,6 +165,7 @@ async def list_clusters(
 
 
 def _status_of(record: MessageClusterRecord) -> Status | str:
+    """CANCELLED for a cancelled cluster (stored as ERROR, which also matches it)."""
     return CANCELLED if record.cancelled else record.status
 
 
