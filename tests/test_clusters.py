@@ -198,5 +198,5 @@ async def test_an_unknown_status_is_a_typed_error(mc: msgcluster.Client, queue_u
     key = await mc.create_message_cluster(queue_url, [{"n": 1}], omit_globals=True)
     with pytest.raises(msgcluster.ValidationError, match="unknown status 'DONE'"):
         [c async for c in mc.list_clusters(status="DONE")]
-    with pytest.raises(msgcluster.ValidationError, match="valid: 'PRE FLIGHT'"):
+    with pytest.raises(msgcluster.ValidationError, match="valid: PRE FLIGHT"):
         [t async for t in mc.cluster_tasks(key, ["finished"])]

@@ -75,6 +75,8 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("endpoints unknown service", {"endpoints": {"sns": "http://localhost:4566"}}),
     ("endpoints bad URL", {"endpoints": {"sqs": "nowhere"}}),
     ("endpoints with credentials", {"endpoints": {"s3": f"http://u:{SECRET}@localhost"}}),
+    ("key id without secret", {"aws_access_key_id": KEY_ID}),
+    ("secret without key id", {"aws_secret_access_key": SECRET}),
 ]
 
 
@@ -132,6 +134,19 @@ async def test_env_endpoints_reach_each_service(
         key = await mc.send_message(urls[names["queue"]], "x" * 300_000)  # offloaded to S3
         assert (await mc.get_message_record(key)).status == msgcluster.Status.PRE_FLIGHT
         assert mc.s3.meta.config.s3["addressing_style"] == "path"
+
+
+async def test_a_profile_that_does_not_exist() -> None:
+    with pytest.raises(ConfigurationError, match="nosuchprofile"):
+        async with msgcluster.Client(profile="nosuchprofile-9"):
+            pass
+
+
+@pytest.mark.parametrize("target", ["not a url", f"{KEY_ID}:{SECRET}", f"https://u:{SECRET}@h/1/q"])
+async def test_bad_queue_targets_on_the_client(mc: msgcluster.Client, target: str) -> None:
+    with pytest.raises((msgcluster.ValidationError, QueueURIError)) as info:
+        await mc.send_message(target, "x")
+    assert_no_secret(str(info.value))
 
 
 async def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:

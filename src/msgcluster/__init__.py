@@ -40,6 +40,7 @@ from ._errors import (
     UnknownSchemeError,
     ValidationError,
 )
+from ._provision import ProvisionReport, ProvisionStep
 from ._results import BatchSendResult, EntryFailure
 from ._schemas import (
     CallbackStatus,
@@ -100,6 +101,8 @@ __all__ = [
     "OutgoingMessage",
     "ParsedRecord",
     "PayloadNotLoadedError",
+    "ProvisionReport",
+    "ProvisionStep",
     "QueueClosedError",
     "QueueError",
     "QueueNotFoundError",

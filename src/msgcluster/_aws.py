@@ -19,7 +19,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import EndpointConnectionError
 
 from . import _redaction
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, aws_errors
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -106,7 +106,9 @@ def region_for(session: Any, region: str | None) -> str:
     The same default everywhere (Client, queues, worker, CLI), so no path
     raises botocore's NoRegionError.
     """
-    return check_region(region or session.get_config_variable("region") or DEFAULT_REGION)
+    with aws_errors():  # ProfileNotFound, a malformed config file
+        configured = session.get_config_variable("region")
+    return check_region(region or configured or DEFAULT_REGION)
 
 
 async def open_client(
@@ -130,13 +132,14 @@ async def open_client(
     kwargs: dict[str, Any] = {"region_name": region, "config": config, **(credentials or {})}
     if endpoint is not None:
         kwargs["endpoint_url"] = endpoint
-    if service == "s3":
-        probe = await session.create_client("s3", **kwargs).__aenter__()
-        custom = not _is_aws_host(probe.meta.endpoint_url)
-        await probe.__aexit__(None, None, None)
-        if custom:
-            kwargs["config"] = config.merge(AioConfig(s3={"addressing_style": "path"}))
-    client = await stack.enter_async_context(session.create_client(service, **kwargs))
+    with aws_errors():  # botocore's configuration errors, typed with a hint
+        if service == "s3":
+            probe = await session.create_client("s3", **kwargs).__aenter__()
+            custom = not _is_aws_host(probe.meta.endpoint_url)
+            await probe.__aexit__(None, None, None)
+            if custom:
+                kwargs["config"] = config.merge(AioConfig(s3={"addressing_style": "path"}))
+        client = await stack.enter_async_context(session.create_client(service, **kwargs))
     _FirstContact.install(client)
     return client
 

@@ -185,8 +185,11 @@ def check_queue_target(target: Any) -> str:
     """A queue URL (``https://sqs.<region>.amazonaws.com/<account>/<name>``) or a
     queue URI (``sqs://name``, ``dynamodb://table?queue=name``)."""
     if not isinstance(target, str) or "://" not in target:
+        # Shown only when it cannot be a pasted secret (no '@' or ':', short).
+        plain = isinstance(target, str) and len(target) <= 80 and not set(target) & set("@:/")
+        got = repr(target) if plain else f"a {type(target).__name__} that is neither"
         raise ValidationError(
             "a queue is an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>) "
-            f"or a queue URI (sqs://<name>, dynamodb://<table>?queue=<name>), got {target!r:.200}"
+            f"or a queue URI (sqs://<name>, dynamodb://<table>?queue=<name>), got {got}"
         )
     return target

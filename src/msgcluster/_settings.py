@@ -113,6 +113,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         }
         if values["region"] is not None:
             check_region(values["region"])
+        if bool(options.get("aws_access_key_id")) != bool(options.get("aws_secret_access_key")):
+            raise ConfigurationError(
+                "aws_access_key_id and aws_secret_access_key go together: pass both, or "
+                "neither (then the environment, profile or role provides them)"
+            )
         try:
             return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
