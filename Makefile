@@ -10,8 +10,9 @@ PY     := $(VENV)/bin/python
 # The second emulator (LocalStack for SQS and S3; DynamoDB stays on moto) runs
 # in its own venv: localstack-core pins an older botocore than aiobotocore
 # allows, and needs Python 3.13+. Found on PATH or in pyenv, or set it.
-LOCALSTACK_PYTHON ?= $(firstword $(shell command -v python3.13 python3.14 2>/dev/null) \
-	$(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 /root/.pyenv/versions/3.13*/bin/python3.13))
+LOCALSTACK_PYTHON ?= $(shell for p in python3.13 python3.14 $(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3) \
+	$(wildcard /root/.pyenv/versions/3.1[3-9]*/bin/python3); do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info < (3, 13))' 2>/dev/null && { echo "$$p"; break; }; done)
 LSVENV := .venv-localstack
 # The SQS and S3 behaviour tests; the rest (moto patches, DynamoDB-only, CLI) need moto alone.
 LOCALSTACK_TESTS := tests/test_queue_conformance.py tests/test_messages.py tests/test_batch.py \

@@ -535,10 +535,6 @@ MALFORMED: list[Any] = [
     {"Records": [{"body": "{}"}]},
     {"Records": [{"messageId": "", "body": "{}"}]},
     {"Records": [{"messageId": 7, "body": "{}"}]},
-    {"Records": [{"messageId": "m", "body": None}]},
-    {"Records": [{"messageId": "m"}]},
-    {"Records": [{"messageId": "m", "body": "{}", "attributes": [["SenderId", "x"]]}]},
-    {"Records": [{"messageId": "m", "body": "{}", "receiptHandle": 5}]},
     {"Records": [{"messageId": "m", "body": "{}", "eventSource": "aws:kinesis"}]},
     load_event("not_sqs_s3_event.json"),
     load_event("malformed_missing_message_id.json"),
@@ -551,6 +547,26 @@ async def test_malformed_events_raise_before_any_handler(mc: msgcluster.Client, 
     with pytest.raises(msgcluster.MalformedEventError):
         await mc.safe_process_batch(event, called.append)
     assert called == []
+
+
+# Records with a message id but a bad shape: reported by id, alone.
+MALFORMED_WITH_ID: list[Any] = [
+    {"messageId": "m", "body": None},
+    {"messageId": "m"},
+    {"messageId": "m", "body": "{}", "attributes": [["SenderId", "x"]]},
+    {"messageId": "m", "body": "{}", "receiptHandle": 5},
+]
+
+
+@pytest.mark.parametrize("record", MALFORMED_WITH_ID)
+async def test_a_malformed_record_with_an_id_fails_alone(
+    mc: msgcluster.Client, record: Any
+) -> None:
+    called: list[Any] = []
+    event = {"Records": [{"messageId": "good", "body": "plain"}, record]}
+    result = await mc.safe_process_batch(event, called.append)
+    assert [r["messageId"] for r in called] == ["good"]
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m"}]}
 
 
 async def test_malformed_record_after_good_ones_fails_the_whole_batch(
