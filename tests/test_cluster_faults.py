@@ -40,7 +40,7 @@ from typing import Any
 import anyio
 import pytest
 from clusterkit import cluster_done, consume
-from conftest import client_for
+from conftest import client_for, receive_all
 from faultproxy import (
     RESET,
     Disconnect,
@@ -49,6 +49,8 @@ from faultproxy import (
     Matcher,
     ProxyRequest,
     ProxyResponse,
+    error,
+    match_target,
     respond,
     throttle,
 )
@@ -539,3 +541,24 @@ async def test_flip_and_callback_writes_applied_response_lost(
         assert [type(e) for e in errors] == [msgcluster.AwsConnectionError]
     else:
         assert errors == []
+
+
+async def test_a_plain_write_that_meets_a_transaction_is_retried(
+    pc: msgcluster.Client, proxy: FaultProxy, queue_url: str
+) -> None:
+    """TransactionConflictException (botocore does not retry it) is retried at
+    the transport, as throttling is; past the attempts it is a typed error."""
+    key = await pc.send_message(queue_url, {"n": 1})
+    conflict = error(400, "TransactionConflictException", "Transaction is ongoing for the item")
+    rule = proxy.add_rule(match_target("DeleteItem"), conflict, times=3)
+    (message,) = await receive_all(pc, queue_url, 1)
+    assert await pc.mark_complete(message)
+    assert rule.hits == 3
+    with pytest.raises(msgcluster.RecordNotFoundError):
+        await pc.get_message_record(key)
+
+    key = await pc.send_message(queue_url, {"n": 2})
+    proxy.add_rule(match_target("DeleteItem"), conflict, times=50)
+    (message,) = await receive_all(pc, queue_url, 1)
+    with pytest.raises(msgcluster.TransactionConflictError):
+        await pc.mark_complete(message)

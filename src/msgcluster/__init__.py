@@ -37,6 +37,7 @@ from ._errors import (
     TableNotFoundError,
     ThrottledError,
     TransactionCanceledError,
+    TransactionConflictError,
     UnknownSchemeError,
     ValidationError,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "Task",
     "ThrottledError",
     "TransactionCanceledError",
+    "TransactionConflictError",
     "UnknownSchemeError",
     "ValidationError",
     "Worker",

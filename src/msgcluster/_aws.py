@@ -11,6 +11,7 @@ host, and never credentials (they would reach request bodies and DEBUG logs).
 from __future__ import annotations
 
 import os
+import random
 import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -140,7 +141,7 @@ async def open_client(
             if custom:
                 kwargs["config"] = config.merge(AioConfig(s3={"addressing_style": "path"}))
         client = await stack.enter_async_context(session.create_client(service, **kwargs))
-    _FirstContact.install(client)
+    _RetryHook.install(client)
     return client
 
 
@@ -149,13 +150,16 @@ def _is_aws_host(url: str) -> bool:
     return any(host.endswith(domain) for domain in _AWS_DOMAINS)
 
 
-class _FirstContact:
-    """A ``needs-retry`` hook: until the endpoint has answered once, stop
-    retrying connection failures after FIRST_CONTACT_ATTEMPTS.
+class _RetryHook:
+    """A ``needs-retry`` hook, registered before botocore's retry handler.
 
-    Registered first, it raises the connection error itself, which ends the
-    request (botocore's retry handler would otherwise back off up to its
-    attempt limit, ~36 s for a host that is not there).
+    * Until the endpoint has answered once, a connection failure is retried
+      only up to FIRST_CONTACT_ATTEMPTS: the hook raises it itself, which ends
+      the request (botocore would back off up to its attempt limit, ~36 s for
+      a host that is not there).
+    * ``TransactionConflictException`` (a plain write to an item a transaction
+      holds; the write did not apply) is retried with jittered backoff, as
+      botocore retries throttling: it does not know this code.
     """
 
     def __init__(self) -> None:
@@ -167,16 +171,31 @@ class _FirstContact:
 
     def __call__(
         self,
-        response: object = None,
+        response: Any = None,
         caught_exception: BaseException | None = None,
         attempts: int = 0,
         **_: object,
-    ) -> None:
+    ) -> float | None:
         if response is not None:
             self.answered = True
+            if attempts < CONFLICT_ATTEMPTS and _error_code(response) == _CONFLICT:
+                return float(random.uniform(0.5, 1.0) * min(1.0, 0.02 * 2**attempts))
         elif (
             not self.answered
             and isinstance(caught_exception, EndpointConnectionError)
             and attempts >= FIRST_CONTACT_ATTEMPTS
         ):
             raise caught_exception
+        return None
+
+
+_CONFLICT: Final = "TransactionConflictException"
+# Attempts for a write that meets a transaction: holds last tens of ms.
+CONFLICT_ATTEMPTS: Final = 10
+
+
+def _error_code(response: Any) -> str | None:
+    try:
+        return str(response[1]["Error"]["Code"])
+    except (LookupError, TypeError):
+        return None

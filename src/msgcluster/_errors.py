@@ -33,6 +33,7 @@
         │   ├── BucketNotFoundError
         │   └── ObjectNotFoundError
         ├── ThrottledError
+        │   └── TransactionConflictError  a write kept meeting a transaction on its item
         ├── AccessDeniedError
         ├── AwsValidationError      AWS rejected the request's parameters
         ├── ConditionFailedError    a conditional write lost (carries the current item)
@@ -93,6 +94,7 @@ __all__ = [
     "TableNotFoundError",
     "ThrottledError",
     "TransactionCanceledError",
+    "TransactionConflictError",
     "UnknownSchemeError",
     "ValidationError",
     "aws_errors",
@@ -305,6 +307,12 @@ class ThrottledError(AwsError):
     """AWS kept throttling after botocore's retries."""
 
 
+class TransactionConflictError(ThrottledError):
+    """A plain write kept meeting a transaction in progress on its item
+    (``TransactionConflictException``) after retries; it did not apply, and
+    trying again later is safe, as after throttling."""
+
+
 class AccessDeniedError(AwsError, PermissionError):
     """Credentials are missing, invalid, or lack a permission."""
 
@@ -478,6 +486,8 @@ def _translate_client_error(exc: ClientError, resource: str) -> AwsError:
     if code == "TransactionCanceledException":
         reasons: list[Any] = list(exc.response.get("CancellationReasons", []) or [])
         return TransactionCanceledError(message, reasons=reasons, **kw)
+    if code == "TransactionConflictException":
+        return TransactionConflictError(message, **kw)
     if code in _THROTTLED:
         return ThrottledError(message, **kw)
     if code in _DENIED:
