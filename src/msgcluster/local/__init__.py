@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import http.client
 import importlib.util
+import json
 import os
 import queue
 import signal
@@ -29,20 +30,23 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import weakref
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Self, TypedDict
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from msgcluster._errors import ConfigurationError
 from msgcluster.local._child import EXIT_MISSING_DEPENDENCY, INSTALL_HINT, READY_PREFIX
+from msgcluster.local._emulation import STATS_PATH, Emulation
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["DEFAULT_KEEP_ALIVE", "LocalAWS", "LocalAWSError", "main"]
+__all__ = ["DEFAULT_KEEP_ALIVE", "Emulation", "LocalAWS", "LocalAWSError", "main"]
 
 #: Whether the child keeps HTTP/1.1 connections open between requests (plain
 #: moto closes every one). Enabled: under aiobotocore with retries off, mixed
@@ -158,7 +162,9 @@ class LocalAWS:
         keep_alive: bool = DEFAULT_KEEP_ALIVE,
         startup_timeout: float = 30.0,
         log_requests: bool = False,
+        emulation: Emulation | None = None,
     ) -> None:
+        self.emulation = emulation
         self.host = host
         self.requested_port = port or 0
         self.patch = patch
@@ -260,7 +266,20 @@ class LocalAWS:
             cmd.append("--keep-alive")
         if self.log_requests:
             cmd.append("--log-requests")
+        if self.emulation is not None:
+            cmd += ["--emulate", msgspec.json.encode(self.emulation).decode()]
         return cmd
+
+    def emulation_stats(self, *, reset: bool = False) -> dict[str, Any]:
+        """The emulation's counters (see :class:`Emulation`); ``reset`` zeroes them."""
+        if self.emulation is None:
+            raise LocalAWSError("this LocalAWS runs without an emulation: LocalAWS(emulation=...)")
+        request = urllib.request.Request(
+            self.endpoint_url + STATS_PATH, method="POST" if reset else "GET"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            stats: dict[str, Any] = json.load(response)
+        return stats
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)

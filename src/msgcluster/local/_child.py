@@ -176,6 +176,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-alive", action="store_true")
     parser.add_argument("--log-requests", action="store_true")
     parser.add_argument("--no-watch-parent", dest="watch_parent", action="store_false")
+    parser.add_argument("--emulate", default=None, help="an Emulation, as JSON")
     return parser.parse_args(argv)
 
 
@@ -220,7 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         _dynamodb_patch.apply()
 
     handler, keep_alive_handler = _handler_classes(args.log_requests)
-    app = DomainDispatcherApplication(create_backend_app)
+    app: Any = DomainDispatcherApplication(create_backend_app)
+    if args.emulate:
+        import msgspec
+
+        from msgcluster.local._emulation import Emulation, EmulationMiddleware
+
+        app = EmulationMiddleware(app, msgspec.json.decode(args.emulate, type=Emulation))
     server = make_server(
         args.host,
         args.port,
