@@ -129,16 +129,17 @@ class EmulationMiddleware:
         with self._lock:
             self.counts: Counter[str] = Counter()
             self.wcu_by_partition: Counter[str] = Counter()
+            self.transactions_by_item: Counter[str] = Counter()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            hottest = self.wcu_by_partition.most_common(5)
             return {
                 "config": msgspec.to_builtins(self.config),
                 "counts": dict(self.counts),
                 "wcu": sum(self.wcu_by_partition.values()),
                 "partitions_written": len(self.wcu_by_partition),
-                "hottest_partitions": hottest,
+                "hottest_partitions": self.wcu_by_partition.most_common(5),
+                "hottest_transaction_items": self.transactions_by_item.most_common(5),
             }
 
     # ------------------------------------------------------------------ WSGI
@@ -262,6 +263,7 @@ class EmulationMiddleware:
                 return _cancelled(start_response, reasons * len(keys))
             for key in keys:
                 self._held[key] = owner
+                self.transactions_by_item["|".join(key)] += 1
         try:
             status, headers, data = self._call(environ, body)
             remaining = self.config.transaction_hold - (time.monotonic() - started)
