@@ -142,6 +142,40 @@ def _actions(service: str, needs: set[Need], *, on_bucket: bool | None = None) -
     )
 
 
+def _statement(sid: str, actions: list[str], resources: list[str]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
+
+
+def _table_statement(sid: str, table_arn: str, actions: list[str]) -> dict[str, Any]:
+    return _statement(sid, actions, [table_arn, f"{table_arn}/index/*"])
+
+
+def _queue_arns(sqs_arn: str, queues: list[str]) -> list[str]:
+    """Each queue's ARN and its DLQ's."""
+    arns = []
+    for given in queues:
+        # A queue name, or an SQS URL / sqs:// URI: the name is its last part.
+        name = given.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        for queue in (name, dlq_name(name)):
+            arns.append(f"{sqs_arn}:{queue}")
+    return arns
+
+
+def _bucket_statements(bucket_arn: str, needs: set[Need]) -> list[dict[str, Any]]:
+    """The objects under msgcluster's prefix, and the bucket itself."""
+    # Without ListBucket, S3 answers 403 (not 404) for a missing object, and
+    # msgcluster could not tell "expired" from "denied". It lists names only.
+    bucket_actions = ["s3:ListBucket", *_actions("s3", needs, on_bucket=True)]
+    return [
+        _statement(
+            "MsgclusterObjects",
+            _actions("s3", needs, on_bucket=False),
+            [f"{bucket_arn}/{KEY_PREFIX}*"],
+        ),
+        _statement("MsgclusterBucket", sorted(bucket_actions), [bucket_arn]),
+    ]
+
+
 def build_policy(
     *,
     table: str,
@@ -158,61 +192,20 @@ def build_policy(
     needs = (
         {Need.RUNTIME} | ({Need.PROVISION} if provision else set()) | ({Need.CLI} if cli else set())
     )
-    table_arn = f"arn:{partition}:dynamodb:{region}:{account}:table/{table}"
-    statements: list[dict[str, Any]] = [
-        {
-            "Sid": "MsgclusterTable",
-            "Effect": "Allow",
-            "Action": _actions("dynamodb", needs),
-            "Resource": [table_arn, f"{table_arn}/index/*"],
-        }
+    tables = f"arn:{partition}:dynamodb:{region}:{account}:table"
+    statements = [
+        _table_statement("MsgclusterTable", f"{tables}/{table}", _actions("dynamodb", needs))
     ]
     for queue_table in queue_tables or []:
-        arn = f"arn:{partition}:dynamodb:{region}:{account}:table/{queue_table}"
+        sid = f"DynamodbQueues{''.join(c for c in queue_table if c.isalnum())}"
         statements.append(
-            {
-                "Sid": f"DynamodbQueues{''.join(c for c in queue_table if c.isalnum())}",
-                "Effect": "Allow",
-                "Action": _queue_table_actions(needs),
-                "Resource": [arn, f"{arn}/index/*"],
-            }
+            _table_statement(sid, f"{tables}/{queue_table}", _queue_table_actions(needs))
         )
     if queues:
-        arns = []
-        for given in queues:
-            # A queue name, or an SQS URL / sqs:// URI: the name is its last part.
-            name = given.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-            for queue in (name, dlq_name(name)):
-                arns.append(f"arn:{partition}:sqs:{region}:{account}:{queue}")
-        statements.append(
-            {
-                "Sid": "MsgclusterQueues",
-                "Effect": "Allow",
-                "Action": _actions("sqs", needs),
-                "Resource": arns,
-            }
-        )
+        arns = _queue_arns(f"arn:{partition}:sqs:{region}:{account}", queues)
+        statements.append(_statement("MsgclusterQueues", _actions("sqs", needs), arns))
     if bucket:
-        bucket_arn = f"arn:{partition}:s3:::{bucket}"
-        statements.append(
-            {
-                "Sid": "MsgclusterObjects",
-                "Effect": "Allow",
-                "Action": _actions("s3", needs, on_bucket=False),
-                "Resource": [f"{bucket_arn}/{KEY_PREFIX}*"],
-            }
-        )
-        # Without ListBucket, S3 answers 403 (not 404) for a missing object, and
-        # msgcluster could not tell "expired" from "denied". It lists names only.
-        bucket_actions = ["s3:ListBucket", *_actions("s3", needs, on_bucket=True)]
-        statements.append(
-            {
-                "Sid": "MsgclusterBucket",
-                "Effect": "Allow",
-                "Action": sorted(bucket_actions),
-                "Resource": [bucket_arn],
-            }
-        )
+        statements += _bucket_statements(f"arn:{partition}:s3:::{bucket}", needs)
     return {"Version": "2012-10-17", "Statement": statements}
 
 

@@ -7,18 +7,11 @@ Shape (saq / faststream style, on anyio):
   invisible-but-idle messages are bounded.
 * A receive batch is settled as a unit: tracked messages are checked with
   one ``is_complete_batch`` (duplicates are acked without running), handlers
-  run under a ``concurrency`` limiter, successful tracked messages are
-  completed/counted with one ``mark_complete_batch``, then acked in one call.
-  Nothing is acked before every write it causes has been applied, and work
-  that was completed is never made visible again, even when its ack fails.
+  run under a ``concurrency`` limiter, then the batch's outcomes are settled
+  together (completion, acks, retries, the DLQ: see :mod:`._settle`).
   The same message twice in one batch runs once.
 * A heartbeat extends the visibility of messages whose handler still runs
   (up to ``max_extension`` in all).
-* Failure: the message becomes visible again after a jittered exponential
-  backoff; on its last receive a tracked message is recorded as failed (a
-  cluster task counts as failed) and the queue's DLQ takes it. ``Reject`` and
-  poison (an undecodable body, a mis-keyed envelope) go to the DLQ at once,
-  alone, a tracked one recorded as failed.
 * Shutdown (``stop()``, SIGTERM/SIGINT): stop receiving, release messages
   whose handler has not started, let running handlers finish within
   ``grace_seconds``, then cancel them (their messages are released), and
@@ -30,23 +23,23 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import signal
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from .._errors import MsgclusterError, QueueClosedError
+from .._errors import QueueClosedError
 from .._schemas import RecordKey, RecordType
 from ..clusters._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
 from ..queues._uri import parse_queue_uri, shown
-from ._batch import ACKED, Item, read_batch
+from ._batch import Item, read_batch
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
 from ._options import check_options
+from ._settle import SettleSteps
 from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
@@ -60,7 +53,7 @@ log = logging.getLogger("msgcluster.worker")
 T = TypeVar("T")
 
 
-class Worker:
+class Worker(SettleSteps):
     """Consume one queue with an :class:`App`'s handlers.
 
     ``queue``: a URI (opened and closed by the worker) or an open
@@ -116,12 +109,16 @@ class Worker:
         self.burst = burst
         self.handle_signals = handle_signals
         self.metrics: WorkerMetrics = metrics or LoggingMetrics()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """The state the receivers, handlers and settle steps share: slots, counts, events."""
         self.stats = WorkerStats()
         self._stopping = anyio.Event()
-        self._slot_count = concurrency + self.prefetch
+        self._slot_count = self.concurrency + self.prefetch
         self._slots = anyio.Semaphore(self._slot_count)
         self._reserving = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._limiter = anyio.CapacityLimiter(self.concurrency)
         self._running: dict[int, tuple[Item, float, float]] = {}  # id -> item, started, until
         self._in_flight = 0
         self._batches_settled = 0
@@ -385,153 +382,6 @@ class Worker:
             # lease runs, and the callback would then never run.
             delay = max(self.visibility_timeout, CALLBACK_LEASE_SECONDS + 5)
             item.outcome, item.retry_delay = Outcome.RETRIED, delay
-
-    async def _complete(self, queue: Queue, items: list[Item]) -> None:
-        client = self.app.client
-        done = [i.record for i in items if i.outcome is Outcome.SUCCEEDED and i.record is not None]
-        if done and client is not None:
-            await client.mark_complete_batch(done)
-            callback = self.app.cluster_callback
-            if callback is not None:
-                for key in {r.cluster_key for r in done if r.cluster_key is not None}:
-                    running = self._callbacks_running[key] = anyio.Event()
-                    try:
-                        await client.on_cluster_complete(key, callback)
-                    except MsgclusterError as exc:
-                        # Recorded on the cluster; its completion event retries it.
-                        log.warning("cluster callback failed: %s", exc)
-                    finally:
-                        del self._callbacks_running[key]
-                        running.set()
-        for item in items:
-            if item.copy_of is not None and item.copy_of.outcome not in ACKED:
-                # Its first delivery is retried or dead-lettered: deleting the
-                # copy would delete the message. It reappears after its timeout.
-                self._settled(item, Outcome.SKIPPED)
-        ack = [i for i in items if i.outcome in ACKED and not i.settled]
-        await self._ack(queue, ack)
-        retries = [
-            (i, await self._retry_delay(queue, i))
-            for i in items
-            if i.outcome is Outcome.RETRIED and not i.settled
-        ]
-        await self._change_visibility(queue, retries, "reschedule")
-        for item, _ in retries:
-            self._settled(item, item.outcome or Outcome.RETRIED)
-        for item in items:
-            if item.outcome is Outcome.DEAD_LETTERED:
-                await self._dead_letter(queue, item)
-
-    async def _ack(self, queue: Queue, items: list[Item]) -> None:
-        """Acknowledge what is done, in as few requests as the queue allows.
-
-        Whatever happens to the ack, these messages are settled: their work
-        is complete (and counted), so they are never made visible again. One
-        whose ack failed reappears after its visibility timeout and is then
-        skipped as complete.
-        """
-        if not items:
-            return
-        try:
-            results = await queue.ack([i.message for i in items])
-            errors = [result.error for result in results]
-        except MsgclusterError as exc:
-            errors = [exc] * len(items)
-        for item, error in zip(items, errors, strict=True):
-            if error is not None:
-                log.warning("ack of %s failed (it is complete: skipped when redelivered): %s",
-                            item.message.id, error)  # fmt: skip
-            self._settled(item, item.outcome or Outcome.SUCCEEDED)
-
-    async def _retry_delay(self, queue: Queue, item: Item) -> float:
-        """Record a failed attempt; when to make the message visible again."""
-        message = item.message
-        last = queue.max_receives
-        if last is not None and message.receive_count >= last and item.error is not None:
-            # The queue's DLQ takes it on the next receive: record it now.
-            await self._record_failure(item, final=True)
-            item.outcome = Outcome.FAILED
-        elif item.error is not None and not isinstance(item.error, Retry):
-            await self._record_failure(item, final=False)
-        delay = item.retry_delay
-        if delay is None:
-            delay = self._backoff(message.receive_count, cap=self.backoff_max)
-        return min(delay, queue.capabilities.max_visibility_seconds)
-
-    async def _change_visibility(
-        self, queue: Queue, changes: list[tuple[Item, float]], what: str
-    ) -> list[Item]:
-        """Batched visibility changes (split and retried by the queue layer);
-        returns the items that failed.
-
-        A failed change is harmless: the message reappears when its current
-        visibility ends, and a duplicate is skipped.
-        """
-        if not changes:
-            return []
-        try:
-            results = await queue.change_visibility(
-                [(item.message, seconds) for item, seconds in changes]
-            )
-            errors = [result.error for result in results]
-        except MsgclusterError as exc:
-            errors = [exc] * len(changes)
-        failed: list[Item] = []
-        for (item, _), error in zip(changes, errors, strict=True):
-            if error is not None:
-                log.warning("could not %s %s: %s", what, item.message.id, error)
-                failed.append(item)
-        return failed
-
-    async def _dead_letter(self, queue: Queue, item: Item) -> None:
-        await self._record_failure(item, final=True)
-        reason = str(item.error) if item.error else "rejected"
-        if await queue.dead_letter(item.message, reason):
-            self._settled(item, Outcome.DEAD_LETTERED)
-            return
-        # No DLQ to move it to: never drop it; keep it out of the way a while.
-        log.error("message %s rejected but %s has no DLQ; it is kept", item.message.id, queue.uri)
-        await queue.nack(item.message, min(900.0, queue.capabilities.max_visibility_seconds / 2))
-        self._settled(item, Outcome.FAILED)
-
-    async def _record_failure(self, item: Item, *, final: bool) -> None:
-        client = self.app.client
-        if client is None or item.record is None or item.error is None:
-            return
-        if item.record.type is RecordType.CLUSTER:
-            return
-        error = item.error if isinstance(item.error, Exception) else Exception(str(item.error))
-        try:
-            # Not final: the queue's own receive count decides (None).
-            await client.mark_failed(item.record, error, final=True if final else None)
-        except MsgclusterError as exc:
-            log.warning("could not record the failure of %s: %s", item.message.id, exc)
-
-    async def _release(self, queue: Queue, items: list[Item]) -> None:
-        # A failed release is harmless: it reappears after its visibility timeout.
-        if not items:
-            return
-        try:
-            await queue.change_visibility([(item.message, 0) for item in items])
-        except Exception as exc:
-            log.debug("release of %d message(s) failed: %s", len(items), exc)
-        for item in items:
-            self._settled(item, Outcome.RELEASED)
-
-    def _settled(self, item: Item, outcome: Outcome) -> None:
-        if item.settled:
-            return
-        item.settled = True
-        item.outcome = outcome
-        sent = item.message.sent_at
-        lag = time.time() - sent if sent is not None else None
-        self.stats.add(outcome, item.seconds, lag)
-        self.metrics.message_done(outcome, item.seconds, lag)
-
-    def _backoff(self, attempt: int, *, cap: float) -> float:
-        """Full-jitter-ish exponential backoff: base * 2^(n-1), jittered 50-100%."""
-        raw = min(cap, self.backoff_base * 2 ** max(0, attempt - 1))
-        return float(raw * random.uniform(0.5, 1.0))
 
     # ------------------------------------------------------------ heartbeat
 
