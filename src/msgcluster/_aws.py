@@ -20,7 +20,8 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import EndpointConnectionError
 
 from . import _redaction
-from ._errors import ConfigurationError, aws_errors
+from ._aws_errors import aws_errors
+from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

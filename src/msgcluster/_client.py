@@ -12,9 +12,10 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from . import _aws, _provision
+from ._aws_errors import aws_errors
 from ._client_clusters import ClusterMethods
 from ._context import Context
-from ._errors import ConfigurationError, aws_errors
+from ._errors import ConfigurationError
 from ._settings import RetryMode, Settings
 from .messages import _messages, _sending
 from .read import _records

@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ._aws_errors import aws_errors
 from ._batching import Backoff, chunked, gather_limited
-from ._errors import AwsError, MsgclusterError, ThrottledError, aws_errors
+from ._errors import AwsError, MsgclusterError, ThrottledError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

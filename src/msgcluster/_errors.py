@@ -41,7 +41,7 @@
         └── AwsConnectionError      no response: the request may or may not have applied
 
 Third-party exceptions are translated in :mod:`msgcluster._aws_errors` and
-only there (:func:`translate`, :func:`aws_errors`; both re-exported here),
+only there (:func:`translate`, :func:`aws_errors`; that module imports this one, never the reverse),
 always chained (``raise ... from exc``) so the botocore detail stays visible.
 """
 
@@ -90,11 +90,6 @@ __all__ = [
     "TransactionConflictError",
     "UnknownSchemeError",
     "ValidationError",
-    "aws_errors",
-    "is_definitely_not_applied",
-    "is_sender_fault",
-    "redact",
-    "translate",
 ]
 
 
@@ -337,13 +332,3 @@ class TransactionCanceledError(AwsError):
 
 class AwsConnectionError(AwsError, ConnectionError):
     """No usable response: the request may or may not have been applied."""
-
-
-# Last: the translation module imports the classes above.
-from ._aws_errors import (  # noqa: E402
-    aws_errors,
-    is_definitely_not_applied,
-    is_sender_fault,
-    redact,
-    translate,
-)

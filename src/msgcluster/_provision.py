@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
+from ._aws_errors import aws_errors
 from ._clusterkeys import CLUSTER_INDEX, CLUSTER_INDEX_KEY
 from ._errors import (
     AwsError,
@@ -23,7 +24,6 @@ from ._errors import (
     QueueNotFoundError,
     ResourceNotFoundError,
     ValidationError,
-    aws_errors,
 )
 from ._schemas import KEY_PREFIX
 

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
+from .._aws_errors import aws_errors
 from .._client import Client
 from .._clusterkeys import CLUSTER_SORT_KEY, cluster_id_of
-from .._errors import RecordNotFoundError, ValidationError, aws_errors
+from .._errors import RecordNotFoundError, ValidationError
 from .._itemcodec import decode_item
 from .._schemas import (
     CANCELLED,

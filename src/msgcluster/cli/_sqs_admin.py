@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
-from .._errors import aws_errors
+from .._aws_errors import aws_errors
 from ..queues._admin import QueueStats
 from ..queues._sqs import REASON_ATTRIBUTE
 from ._common import EXIT_OK, CliError, Invocation, NotFound

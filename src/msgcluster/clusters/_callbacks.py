@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from .._aws_errors import aws_errors
 from .._clusterkeys import cluster_key
 from .._context import iso_now
 from .._dynamo import get_consistent, key_attrs, n_attr
-from .._errors import AwsConnectionError, CallbackError, ConditionFailedError, aws_errors
+from .._errors import AwsConnectionError, CallbackError, ConditionFailedError
 from .._itemcodec import decode_item
 from .._schemas import CallbackStatus, MessageClusterRecord, StatusCode
 

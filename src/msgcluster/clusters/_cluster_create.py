@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from .._aws_errors import aws_errors
 from .._batching import gather_limited, iter_chunks
 from .._clusterkeys import (
     CLUSTER_INDEX_KEY,
@@ -41,7 +42,6 @@ from .._errors import (
     MetaTooLargeError,
     MsgclusterError,
     ValidationError,
-    aws_errors,
 )
 from .._itemcodec import decode_item, encode_item
 from .._schemas import (

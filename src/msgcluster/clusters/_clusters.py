@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from .._aws_errors import aws_errors
 from .._batching import chunked
 from .._clusterkeys import (
     CLUSTER_INDEX,
@@ -26,7 +27,6 @@ from .._errors import (
     MetaTooLargeError,
     RecordNotFoundError,
     ValidationError,
-    aws_errors,
 )
 from .._itemcodec import decode_item, to_attr
 from .._schemas import (

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from .._aws_errors import aws_errors
 from .._batching import Backoff
 from .._clusterkeys import TaskRef, cluster_key, shard_key
 from .._context import iso_now
@@ -39,7 +40,6 @@ from .._errors import (
     MsgclusterError,
     ThrottledError,
     TransactionCanceledError,
-    aws_errors,
 )
 from .._itemcodec import decode_item
 from .._schemas import (

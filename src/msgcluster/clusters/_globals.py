@@ -34,14 +34,9 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
+from .._aws_errors import aws_errors
 from .._batching import Backoff
-from .._errors import (
-    AwsError,
-    GlobalsConflictError,
-    ObjectNotFoundError,
-    ValidationError,
-    aws_errors,
-)
+from .._errors import AwsError, GlobalsConflictError, ObjectNotFoundError, ValidationError
 from .._schemas import KEY_PREFIX, S3Pointer
 
 if TYPE_CHECKING:

@@ -15,16 +15,12 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .._aws_errors import aws_errors
 from .._batching import Backoff
 from .._clusterkeys import TaskRef, cluster_key, shard_key
 from .._context import iso_now
 from .._dynamo import key_attrs, n_attr
-from .._errors import (
-    ClusterError,
-    ThrottledError,
-    TransactionCanceledError,
-    aws_errors,
-)
+from .._errors import ClusterError, ThrottledError, TransactionCanceledError
 from .._itemcodec import decode_item
 from .._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
 from ..queues._contract import OutgoingMessage as QueueMessage

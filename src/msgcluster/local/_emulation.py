@@ -46,10 +46,24 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+
+from ._emulation_wire import (
+    THROTTLE,
+    StartResponse,
+    cancelled,
+    ddb_error,
+    read_body,
+    respond,
+    scalar,
+    table_and_part,
+    table_key_names,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = ["STATS_PATH", "Emulation", "EmulationMiddleware"]
 
@@ -60,7 +74,6 @@ _PLAIN_WRITES: Final = frozenset({"PutItem", "UpdateItem", "DeleteItem"})
 _READS: Final = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
 
 Key = tuple[str, str, str]  # table, partition key value, sort key value
-StartResponse = Callable[..., Any]
 
 
 class Emulation(msgspec.Struct, kw_only=True, frozen=True):
@@ -148,11 +161,11 @@ class EmulationMiddleware:
         if environ.get("PATH_INFO") == STATS_PATH:
             if environ.get("REQUEST_METHOD") == "POST":
                 self.reset()
-            return _respond(start_response, 200, self.stats())
+            return respond(start_response, 200, self.stats())
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if not target.startswith((_DDB, _SQS)):
             return self.app(environ, start_response)
-        body = _read_body(environ)
+        body = read_body(environ)
         if self.config.latency:
             time.sleep(self.config.latency)
         operation = target.rsplit(".", 1)[-1]
@@ -207,14 +220,14 @@ class EmulationMiddleware:
             with self._lock:
                 if key in self._held:
                     self.counts["conflicts.plain_write"] += 1
-                    return _ddb_error(
+                    return ddb_error(
                         start_response,
                         "TransactionConflictException",
                         "Transaction is ongoing for the item",
                     )
                 if not self._charge([(key, self._size(key, request))], 1):
                     self.counts["throttled.write"] += 1
-                    return _ddb_error(start_response, *_THROTTLE)
+                    return ddb_error(start_response, *THROTTLE)
             return self._forward(environ, body, start_response)
         if operation == "BatchWriteItem":
             return self._batch_write(environ, request, start_response)
@@ -222,7 +235,7 @@ class EmulationMiddleware:
             status, headers, data = self._call(environ, body)
             if status.startswith("200") and not self._charge_read(request, data, environ):
                 self.counts["throttled.read"] += 1
-                return _ddb_error(start_response, *_THROTTLE)
+                return ddb_error(start_response, *THROTTLE)
             start_response(status, headers)
             return [data]
         return self._forward(environ, body, start_response)
@@ -235,7 +248,7 @@ class EmulationMiddleware:
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         items = request.get("TransactItems", [])
-        keys = [self._key_of(*_table_and_part(item), environ) for item in items]
+        keys = [self._key_of(*table_and_part(item), environ) for item in items]
         sizes = [
             self._size(key, next(iter(item.values()), {}))
             for key, item in zip(keys, items, strict=True)
@@ -256,11 +269,11 @@ class EmulationMiddleware:
                     else {"Code": "None"}
                     for conflict in conflicts
                 ]
-                return _cancelled(start_response, reasons)
+                return cancelled(start_response, reasons)
             if not self._charge(list(zip(keys, sizes, strict=True)), 2):
                 self.counts["throttled.transaction"] += 1
                 reasons = [{"Code": "ThrottlingError", "Message": "Throughput exceeds the limit"}]
-                return _cancelled(start_response, reasons * len(keys))
+                return cancelled(start_response, reasons * len(keys))
             for key in keys:
                 self._held[key] = owner
                 self.transactions_by_item["|".join(key)] += 1
@@ -305,7 +318,7 @@ class EmulationMiddleware:
         merged = answer.setdefault("UnprocessedItems", {})
         for table, writes in unprocessed.items():
             merged.setdefault(table, []).extend(writes)
-        return _respond(start_response, 200, answer)
+        return respond(start_response, 200, answer)
 
     def _charge(self, writes: list[tuple[Key, int]], factor: int) -> bool:
         """Take WCU for every write from its partition's bucket (all or none).
@@ -368,12 +381,12 @@ class EmulationMiddleware:
     def _key_of(self, table: str, part: dict[str, Any], environ: dict[str, Any]) -> Key:
         hash_name, range_name = self._key_names_of(table, environ)
         source = part.get("Key") or part.get("Item") or {}
-        return (table, _scalar(source.get(hash_name)), _scalar(source.get(range_name or "")))
+        return (table, scalar(source.get(hash_name)), scalar(source.get(range_name or "")))
 
     def _key_names_of(self, table: str, environ: dict[str, Any]) -> tuple[str, str | None]:
         names = self._key_names.get(table)
         if names is None:
-            names = _table_key_names(table, environ) or ("pk", "rk")
+            names = table_key_names(table, environ) or ("pk", "rk")
             self._key_names[table] = names
         return names
 
@@ -418,93 +431,4 @@ class EmulationMiddleware:
                 if not pooled.repeat and self._random.random() < self.config.duplicate_rate:
                     pool.append(_Pooled(pooled.message, pooled.expires, True))
                     self.counts["sqs.duplicates"] += 1
-        return _respond(start_response, 200, {"Messages": [p.message for p in served]}, headers)
-
-
-# ------------------------------------------------------------------------ helpers
-
-_THROTTLE: Final = (
-    "ProvisionedThroughputExceededException",
-    "The level of configured provisioned throughput for the table was exceeded",
-)
-
-
-def _table_and_part(item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    part: dict[str, Any] = next(iter(item.values()), {})
-    return str(part.get("TableName", "")), part
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, dict) and value:
-        return str(next(iter(value.values())))
-    return ""
-
-
-def _table_key_names(table: str, environ: dict[str, Any]) -> tuple[str, str | None] | None:
-    """The table's key attribute names, from moto's backend in this process."""
-    try:
-        from moto.dynamodb.models import dynamodb_backends
-
-        region = _region(environ)
-        for account in list(dynamodb_backends):
-            backend = dynamodb_backends[account][region]
-            if table in backend.tables:
-                found = backend.tables[table]
-                ranges = found.range_key_names
-                return found.hash_key_names[0], ranges[0] if ranges else None
-    except Exception:  # moto's internals moved: fall back to pk/rk
-        return None
-    return None
-
-
-def _region(environ: dict[str, Any]) -> str:
-    auth = environ.get("HTTP_AUTHORIZATION", "")
-    scope = auth.split("Credential=", 1)[-1].split(",", 1)[0].split("/")
-    return scope[2] if len(scope) > 2 else "us-east-1"
-
-
-def _read_body(environ: dict[str, Any]) -> bytes:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    return bytes(environ["wsgi.input"].read(length)) if length > 0 else b""
-
-
-def _respond(
-    start_response: StartResponse, status: int, document: Any, headers: Iterable[Any] = ()
-) -> list[bytes]:
-    body = json.dumps(document).encode()
-    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-type")]
-    start_response(
-        f"{status} {'OK' if status == 200 else 'Bad Request'}",
-        [
-            ("Content-Type", "application/x-amz-json-1.0"),
-            ("Content-Length", str(len(body))),
-            ("x-amzn-RequestId", uuid.uuid4().hex),
-            *kept,
-        ],
-    )
-    return [body]
-
-
-def _ddb_error(start_response: StartResponse, code: str, message: str) -> list[bytes]:
-    return _respond(
-        start_response,
-        400,
-        {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message},
-    )
-
-
-def _cancelled(start_response: StartResponse, reasons: list[dict[str, str]]) -> list[bytes]:
-    codes = ", ".join(r["Code"] for r in reasons)
-    return _respond(
-        start_response,
-        400,
-        {
-            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-            "Message": f"Transaction cancelled, please refer cancellation reasons for specific "
-            f"reasons [{codes}]",
-            "CancellationReasons": reasons,
-        },
-    )
+        return respond(start_response, 200, {"Messages": [p.message for p in served]}, headers)

@@ -10,15 +10,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from .._aws_errors import aws_errors
 from .._context import iso_now
 from .._dynamo import batch_get, key_attrs
-from .._errors import (
-    ConditionFailedError,
-    MetaTooLargeError,
-    MsgclusterError,
-    RecordNotFoundError,
-    aws_errors,
-)
+from .._errors import ConditionFailedError, MetaTooLargeError, MsgclusterError, RecordNotFoundError
 from .._itemcodec import decode_item, from_attr, to_attr
 from .._schemas import (
     STATUS_CODES,

@@ -16,17 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
+from .._aws_errors import aws_errors, is_sender_fault
 from .._batching import gather_limited, iter_chunks
 from .._context import iso_now
 from .._dynamo import batch_write, key_attrs
-from .._errors import (
-    AwsConnectionError,
-    AwsError,
-    MsgclusterError,
-    ValidationError,
-    aws_errors,
-    is_sender_fault,
-)
+from .._errors import AwsConnectionError, AwsError, MsgclusterError, ValidationError
 from .._results import BatchSendResult, EntryFailure
 from ..queues import _extended
 from ..queues._contract import OutgoingMessage

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._aws_errors import aws_errors
 from .._errors import (
     ConditionFailedError,
     MsgclusterError,
@@ -30,7 +31,6 @@ from .._errors import (
     QueueURIError,
     ReceiptError,
     ValidationError,
-    aws_errors,
 )
 from .._itemcodec import decode_item, encode_item
 from ._checks import (

@@ -15,7 +15,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from .._errors import ConditionFailedError, TransactionCanceledError, aws_errors
+from .._aws_errors import aws_errors
+from .._errors import ConditionFailedError, TransactionCanceledError
 from ._contract import ReceivedMessage
 from ._dynamodb_keys import (
     INDEX_NAME,

@@ -12,7 +12,8 @@ from typing import Any
 
 import anyio
 
-from .._errors import AwsError, aws_errors
+from .._aws_errors import aws_errors
+from .._errors import AwsError
 from ._dynamodb_keys import INDEX_NAME, TTL_ATTRIBUTE
 
 __all__ = ["provision_dynamodb_queue_table"]

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .._errors import InvalidKeyError, ObjectNotFoundError, aws_errors
+from .._aws_errors import aws_errors
+from .._errors import InvalidKeyError, ObjectNotFoundError
 from .._schemas import KEY_PREFIX, RecordKey, S3Pointer
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from .._aws_errors import aws_errors, translate
 from .._errors import (
     AwsError,
     AwsValidationError,
@@ -29,8 +30,6 @@ from .._errors import (
     QueueURIError,
     ReceiptError,
     ValidationError,
-    aws_errors,
-    translate,
 )
 from ._checks import (
     check_ack_batch,
