@@ -20,11 +20,13 @@ task; the hottest partition's share of the WCU written while consuming, and
 the hottest item's share of transactions; and the AWS ceiling derived from
 them for one cluster:
 
-* partition ceiling: ``1,000 / (hottest WCU share x WCU per task)`` tasks/s
-  (the hottest partition key is capped at 1,000 WCU/s);
-* transaction ceiling: ``(1 / hold) / (hottest item's share of transactions
-  x transactions per task)`` tasks/s (transactions on one item run one at a
-  time, each holding it for ``hold``);
+* partition ceiling: ``1,000 / (hot share x WCU per task)`` tasks/s, where
+  the hot share is the part of the WCU that went to whichever partition key
+  was hottest in its one-second window (a key is capped at 1,000 WCU/s, and
+  consumers meet where they work at the time, not over the whole run);
+* transaction ceiling: ``(1 / hold) / (hot item share x transactions per
+  task)`` tasks/s, the hot item share measured the same way (transactions on
+  one item run one at a time, each holding it for ``hold``);
 * the ceiling is the lower of the two.
 """
 
@@ -101,26 +103,28 @@ def _figures(
     wcu = max(stats["wcu"], 1)
     hottest_wcu = stats["hottest_partitions"][0][1] if stats["hottest_partitions"] else 0
     hot_share = hottest_wcu / wcu
-    items = stats["hottest_transaction_items"]
-    hot_item_txns = items[0][1] if items else 0
-    hot_item_share = hot_item_txns / held if held else 0.0
+    # Where load met at the time (per one-second window), not over the run:
+    # consumers that all work on one shard meet there, whatever the total.
+    hot_now = stats["hot_partition_share_at_the_time"]
+    hot_item_now = stats["hot_item_transaction_share_at_the_time"]
     wcu_per_task = wcu / tasks
-    txn_per_task = transactions / tasks
+    txn_per_task = held / tasks
     hold = aws.emulation.transaction_hold
-    partition_ceiling = 1000 / (hot_share * wcu_per_task) if hot_share else math.inf
-    # One item serves 1/hold transactions a second; it takes hot_item_txns per cluster.
-    txn_ceiling = (1 / hold) * tasks / hot_item_txns if hot_item_txns and hold else math.inf
+    partition_ceiling = 1000 / (hot_now * wcu_per_task) if hot_now else math.inf
+    # One item serves 1/hold transactions a second.
+    txn_ceiling = (1 / hold) / (hot_item_now * txn_per_task) if hot_item_now and hold else math.inf
     return {
         "consumers": consumers,
         "tasks/s": tasks / elapsed,
-        "txn/task": txn_per_task,
+        "txn/task": transactions / tasks,  # attempts, cancelled ones included
         "conflicts": conflicts / transactions if transactions else 0.0,
         "throttles": throttles,
         "requests/task": calls.total_per(tasks),
         "by_api": calls.per(tasks),
         "wcu/task": wcu_per_task,
         "hot_partition": hot_share,
-        "hot_item_txns": hot_item_share,
+        "hot_partition_now": hot_now,
+        "hot_item_txns_now": hot_item_now,
         "ceiling": min(partition_ceiling, txn_ceiling),
         "partition_ceiling": partition_ceiling,
         "txn_ceiling": txn_ceiling,
@@ -130,14 +134,16 @@ def _figures(
 def _print(rows: list[dict[str, Any]]) -> None:
     print(
         "| consumers | tasks/s | txn/task | conflicts | throttles | requests/task | WCU/task "
-        "| hottest partition | hottest item's txns | AWS ceiling, tasks/s (partition; txn) |"
+        "| hottest partition (run; at the time) | hottest item's txns at the time "
+        "| AWS ceiling, tasks/s (partition; txn) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['consumers']} | {r['tasks/s']:.0f} | {r['txn/task']:.3f} | "
             f"{r['conflicts']:.0%} | {r['throttles']} | {r['requests/task']:.3f} | "
-            f"{r['wcu/task']:.2f} | {r['hot_partition']:.0%} | {r['hot_item_txns']:.0%} | "
+            f"{r['wcu/task']:.2f} | {r['hot_partition']:.0%}; {r['hot_partition_now']:.0%} | "
+            f"{r['hot_item_txns_now']:.0%} | "
             f"{r['ceiling']:,.0f} ({r['partition_ceiling']:,.0f}; {r['txn_ceiling']:,.0f}) |"
         )
     print()

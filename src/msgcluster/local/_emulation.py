@@ -143,6 +143,9 @@ class EmulationMiddleware:
             self.counts: Counter[str] = Counter()
             self.wcu_by_partition: Counter[str] = Counter()
             self.transactions_by_item: Counter[str] = Counter()
+            # Per one-second window: where writes and transactions met then.
+            self.window_wcu: dict[int, Counter[str]] = defaultdict(Counter)
+            self.window_txn: dict[int, Counter[str]] = defaultdict(Counter)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -153,6 +156,8 @@ class EmulationMiddleware:
                 "partitions_written": len(self.wcu_by_partition),
                 "hottest_partitions": self.wcu_by_partition.most_common(5),
                 "hottest_transaction_items": self.transactions_by_item.most_common(5),
+                "hot_partition_share_at_the_time": _hot_share(self.window_wcu),
+                "hot_item_transaction_share_at_the_time": _hot_share(self.window_txn),
             }
 
     # ------------------------------------------------------------------ WSGI
@@ -274,9 +279,12 @@ class EmulationMiddleware:
                 self.counts["throttled.transaction"] += 1
                 reasons = [{"Code": "ThrottlingError", "Message": "Throughput exceeds the limit"}]
                 return cancelled(start_response, reasons * len(keys))
+            window = self.window_txn[int(time.monotonic())]
+            window[_ALL] += 1
             for key in keys:
                 self._held[key] = owner
                 self.transactions_by_item["|".join(key)] += 1
+                window["|".join(key)] += 1
         try:
             status, headers, data = self._call(environ, body)
             remaining = self.config.transaction_hold - (time.monotonic() - started)
@@ -338,8 +346,10 @@ class EmulationMiddleware:
                         buckets[done].tokens += back
                     return False
                 taken.append((partition, units))
+        window = self.window_wcu[int(time.monotonic())]
         for (table, part), units in costs.items():
             self.wcu_by_partition[f"{table}|{part}"] += int(units)
+            window[f"{table}|{part}"] += int(units)
         return True
 
     def _charge_read(self, request: dict[str, Any], data: bytes, environ: dict[str, Any]) -> bool:
@@ -432,3 +442,18 @@ class EmulationMiddleware:
                     pool.append(_Pooled(pooled.message, pooled.expires, True))
                     self.counts["sqs.duplicates"] += 1
         return respond(start_response, 200, {"Messages": [p.message for p in served]}, headers)
+
+
+_ALL: Final = "*"  # a transactions window's count of transactions
+
+
+def _hot_share(windows: dict[int, Counter[str]]) -> float:
+    """The share of the load that went to whichever key was hottest in its
+    one-second window: how much of it met on one key at a time. (For
+    transactions: the share of transactions that touched that item.)"""
+    total = hottest = 0
+    for counter in windows.values():
+        top = [n for key, n in counter.most_common(2) if key != _ALL][:1]
+        total += counter[_ALL] if _ALL in counter else sum(counter.values())
+        hottest += top[0] if top else 0
+    return hottest / total if total else 0.0
