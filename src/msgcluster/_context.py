@@ -67,6 +67,9 @@ class Context:
         self.cluster_hints: Hints = Hints()
         # Completion callbacks registered with Client.register_cluster_callback.
         self.cluster_callbacks: list[Any] = []
+        # clusters._group_commit.GroupCommit, made on first use (it lives above
+        # this layer): the counting of this Client's consumers, together.
+        self.group_commit: Any = None
         self.clock = time.time
 
     def expires_at(self) -> int:

@@ -29,6 +29,7 @@ from .._schemas import (
     StatusCode,
 )
 from ..clusters._fanin import repair, settle_tasks
+from ..clusters._group_commit import settle_together
 from ..messages import _messages
 from ..queues import _extended
 from ..read._incoming import MessageKind, kind_of
@@ -180,7 +181,7 @@ async def mark_complete_batch(ctx: Context, records: Sequence[object]) -> list[b
         if kind is MessageKind.TASK and key is not None
     }
     if tasks:
-        settled = await settle_tasks(ctx, list(tasks.values()))
+        settled = await settle_together(ctx, list(tasks.values()))
         for index, ref in tasks.items():
             out[index] = ref.key in settled.counted
         for cid in {ref.cluster_id for ref in tasks.values()}:

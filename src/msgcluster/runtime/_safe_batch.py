@@ -22,7 +22,7 @@ from .._clusterkeys import TaskRef, cluster_id_of
 from .._dynamo import batch_write, key_attrs
 from .._errors import ConfigurationError, MalformedEventError, MsgclusterError
 from ..clusters._callbacks import run_callback
-from ..clusters._fanin import settle_tasks
+from ..clusters._group_commit import settle_together
 from ..read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
 from ..read._records import ParsedRecord, load_incoming
 from ._consume import is_complete_batch, mark_failed
@@ -245,7 +245,9 @@ async def _complete(ctx: Context, items: list[_Item]) -> None:
     ]
     if tasks:
         try:
-            await settle_tasks(ctx, [TaskRef(item.key) for item in tasks if item.key is not None])
+            await settle_together(
+                ctx, [TaskRef(item.key) for item in tasks if item.key is not None]
+            )
         except MsgclusterError as exc:
             log.warning("could not count %d task(s): %s", len(tasks), exc)
             for item in tasks:
