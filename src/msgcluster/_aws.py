@@ -136,9 +136,12 @@ async def open_client(
         kwargs["endpoint_url"] = endpoint
     with aws_errors():  # botocore's configuration errors, typed with a hint
         if service == "s3":
-            probe = await session.create_client("s3", **kwargs).__aenter__()
-            custom = not _is_aws_host(probe.meta.endpoint_url)
-            await probe.__aexit__(None, None, None)
+            if endpoint is not None:
+                custom = not _is_aws_host(endpoint)
+            else:  # botocore resolves it (config file, AWS's default): ask it
+                probe = await session.create_client("s3", **kwargs).__aenter__()
+                custom = not _is_aws_host(probe.meta.endpoint_url)
+                await probe.__aexit__(None, None, None)
             if custom:
                 kwargs["config"] = config.merge(AioConfig(s3={"addressing_style": "path"}))
         client = await stack.enter_async_context(session.create_client(service, **kwargs))
