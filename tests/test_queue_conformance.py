@@ -291,12 +291,14 @@ async def test_long_poll_returns_when_a_message_arrives(h: Harness) -> None:
 
 
 async def test_delayed_message(h: Harness) -> None:
-    await send_ok(h.queue, [OutgoingMessage(body=b"later", delay_seconds=1), b"now"])
+    # 2 s: the empty receive waits 1 s on a real clock, which must end
+    # before the delay does.
+    await send_ok(h.queue, [OutgoingMessage(body=b"later", delay_seconds=2), b"now"])
     (first,) = await receive_n(h.queue, 1)
     assert first.body == b"now"
     await h.queue.ack([first])
     await receive_nothing(h)
-    await h.elapse(1)
+    await h.elapse(2)
     (later,) = await receive_n(h.queue, 1)
     assert later.body == b"later"
 
@@ -425,9 +427,11 @@ async def test_nack_with_delay(h: Harness) -> None:
 
 async def test_visibility_expiry_redelivers(h: Harness) -> None:
     await send_ok(h.queue, [b"slow"])
-    (first,) = await receive_n(h.queue, 1)
+    # 2 s: the empty receive waits 1 s on a real clock, which must end
+    # before the message is visible again.
+    (first,) = await receive_n(h.queue, 1, visibility_timeout=2)
     await receive_nothing(h)
-    await h.elapse(1)
+    await h.elapse(2)
     (second,) = await receive_n(h.queue, 1)
     assert (second.id, second.receive_count) == (first.id, 2)
     (result,) = await h.queue.ack([second])
@@ -436,10 +440,12 @@ async def test_visibility_expiry_redelivers(h: Harness) -> None:
 
 async def test_receive_visibility_timeout_overrides_the_queue_default(h: Harness) -> None:
     await send_ok(h.queue, [b"long"])
-    (first,) = await receive_n(h.queue, 1, visibility_timeout=2)
+    # 4 s, not 2: on a real clock the sqs harness's elapse(1) plus the empty
+    # receive's wait already take ~2.3 s.
+    (first,) = await receive_n(h.queue, 1, visibility_timeout=4)
     await h.elapse(1)
     await receive_nothing(h)
-    await h.elapse(1)
+    await h.elapse(3)
     (second,) = await receive_n(h.queue, 1)
     assert second.id == first.id
 
