@@ -67,6 +67,16 @@ async def queue_url(mc: msgcluster.Client, names: dict[str, str]) -> str:
     return urls[names["queue"]]
 
 
+@pytest.fixture(params=[2, 1], ids=["layout2", "layout1"])
+def cluster_layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """New clusters in fan-in layout 2 (bucket sets) and, as clusters created by
+    earlier versions are, layout 1 (counted on task records)."""
+    from msgcluster.clusters import _cluster_create
+
+    monkeypatch.setattr(_cluster_create, "NEW_CLUSTER_LAYOUT", request.param)
+    return int(request.param)
+
+
 @pytest.fixture
 def proxy(local_aws: LocalAWS) -> Iterator[FaultProxy]:
     with FaultProxy(local_aws.endpoint_url) as fault_proxy:

@@ -70,6 +70,9 @@ SHARD = 10
 SHARDS = TASKS // SHARD
 DEADLINE = 10.0  # seconds for a whole consumption; a healthy run takes 1-2 s
 
+# Every test runs on both fan-in layouts (new clusters; clusters of earlier versions).
+pytestmark = pytest.mark.usefixtures("cluster_layout")
+
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -2,7 +2,10 @@
 
 - cluster record: pk ``SQSMessage$<cid>``, rk ``SQSMessage$cluster``;
 - shard ``k``: pk ``SQSMessage$<cid>$shard$<k>``, rk ``SQSMessage$shard``;
-- task ``i``: under its shard's pk, rk ``SQSMessage$task$<i:010d>``.
+- task ``i``: under its shard's pk, rk ``SQSMessage$task$<i:010d>``;
+- bucket ``j`` of shard ``k`` (layout 2): pk ``<shard pk>$b<j>``, rk
+  ``SQSMessage$bucket``: the sets of counted task indexes of tasks
+  ``k * SHARD_SIZE + j * BUCKET_SIZE ...`` (see ``clusters._buckets``).
 
 Task ``i`` belongs to shard ``i // SHARD_SIZE``. Ids are deterministic, so a
 creation resumed with the same cluster id addresses the same items; tasks of
@@ -19,6 +22,8 @@ from ._errors import InvalidKeyError
 from ._schemas import KEY_PREFIX, RecordKey
 
 __all__ = [
+    "BUCKET_SIZE",
+    "BUCKET_SORT_KEY",
     "CLUSTER_INDEX",
     "CLUSTER_INDEX_KEY",
     "CLUSTER_INDEX_VALUE",
@@ -27,6 +32,7 @@ __all__ = [
     "SHARD_SORT_KEY",
     "TASK_SORT_PREFIX",
     "TaskRef",
+    "bucket_key",
     "cluster_id_of",
     "cluster_key",
     "shard_key",
@@ -39,6 +45,11 @@ __all__ = [
 # until DynamoDB's adaptive capacity splits it; shards fill and drain one
 # after another, so several are usually active at once.
 SHARD_SIZE: Final = 1_000
+# Tasks per counting bucket (layout 2): 100 indexes of up to 7 digits keep a
+# bucket item under 1 KB, so each counting write costs 1 WCU. Every bucket has
+# its own partition key.
+BUCKET_SIZE: Final = 100
+BUCKET_SORT_KEY: Final = f"{KEY_PREFIX}bucket"
 CLUSTER_SORT_KEY: Final = f"{KEY_PREFIX}cluster"
 # A sparse, keys-only index that only cluster records are in (they alone carry
 # the attribute), sorted by start time: listing clusters reads clusters only,
@@ -58,6 +69,10 @@ def cluster_key(cluster_id: str) -> RecordKey:
 
 def shard_key(cluster_id: str, shard: int) -> RecordKey:
     return RecordKey(f"{KEY_PREFIX}{cluster_id}{_SHARD_MARK}{shard}", SHARD_SORT_KEY)
+
+
+def bucket_key(cluster_id: str, shard: int, bucket: int) -> RecordKey:
+    return RecordKey(f"{shard_key(cluster_id, shard).pk}$b{bucket}", BUCKET_SORT_KEY)
 
 
 def task_key(cluster_id: str, index: int) -> RecordKey:
@@ -106,6 +121,15 @@ class TaskRef:
     @property
     def cluster_key(self) -> RecordKey:
         return cluster_key(self.cluster_id)
+
+    @property
+    def bucket(self) -> int:
+        """The task's bucket within its shard (layout 2)."""
+        return (self.index % SHARD_SIZE) // BUCKET_SIZE
+
+    @property
+    def bucket_key(self) -> RecordKey:
+        return bucket_key(self.cluster_id, self.shard, self.bucket)
 
     def __repr__(self) -> str:
         return f"TaskRef({self.task_id!r})"

@@ -65,6 +65,8 @@ class Context:
         # cluster id -> "may be final" as last seen by this process: lets
         # on_cluster_complete skip a read for clusters known to be running.
         self.cluster_hints: Hints = Hints()
+        # Cluster id -> counted in bucket sets (layout 2)? Layouts never change.
+        self.cluster_layouts: Hints = Hints()
         # Completion callbacks registered with Client.register_cluster_callback.
         self.cluster_callbacks: list[Any] = []
         # clusters._group_commit.GroupCommit, made on first use (it lives above

@@ -223,6 +223,9 @@ class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_de
     shards: int = 0
     shards_open: int = 0
     sealed: bool = False
+    # 1: tasks counted on their records in transactions (clusters created
+    # before 2026-12); 2: counted into bucket sets (``clusters._buckets``).
+    layout: int = 1
     tolerated_failures: int = 0
     tolerated_failure_rate: float = 0.0
     completion_queue_url: str | None = None
@@ -275,6 +278,8 @@ class ShardRecord(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=Tr
     sealed: bool = False
     closed_at: str | None = None
     expires_at: int = 0
+    # Layout 2: the buckets whose counts this shard holds (ids 0-9).
+    buckets: frozenset[int] = frozenset()
 
 
 # msgspec cannot decode ``Raw | None``; an empty Raw marks "absent" instead.

@@ -10,11 +10,14 @@ import msgspec
 from .._aws_errors import aws_errors
 from .._batching import chunked
 from .._clusterkeys import (
+    BUCKET_SIZE,
     CLUSTER_INDEX,
     CLUSTER_INDEX_KEY,
     CLUSTER_INDEX_VALUE,
     SHARD_SIZE,
     TASK_SORT_PREFIX,
+    TaskRef,
+    bucket_key,
     cluster_id_of,
     cluster_key,
     shard_key,
@@ -31,8 +34,10 @@ from .._errors import (
 from .._itemcodec import decode_item, to_attr
 from .._schemas import (
     CANCELLED,
+    STATUS_CODES,
     MessageClusterRecord,
     MessageRecord,
+    RecordKey,
     ShardRecord,
     Status,
     StatusCode,
@@ -40,6 +45,7 @@ from .._schemas import (
 )
 from ..messages._outgoing import encode_json
 from ..read._records import ParsedRecord
+from ._buckets import BUCKETED, bucket_counts, bucket_status, shard_bucket_items
 from ._callbacks import ClusterCallback, run_callback
 
 if TYPE_CHECKING:
@@ -111,11 +117,29 @@ async def get_message_cluster(
         consistent_read=consistent_read,
     )
     completed = failed = 0
+    shard_records: dict[int, ShardRecord] = {}
     for item in found.values():
         shard = decode_item(item, ShardRecord)
+        shard_records[_shard_of(shard)] = shard
         completed += shard.done
         failed += shard.failed_count
+    if record.layout >= BUCKETED:  # plus what open buckets counted so far
+        for k in range(shards):
+            shard_record = shard_records.get(k)
+            if shard_record is not None and shard_record.closed_at is not None:
+                continue
+            items = await shard_bucket_items(
+                ctx, cid, k, shard_record, consistent_read=consistent_read
+            )
+            for bucket in items.values():
+                done, bad = bucket_counts(bucket)
+                completed += done
+                failed += bad
     return msgspec.structs.replace(record, completed=completed, failed=failed)
+
+
+def _shard_of(record: ShardRecord) -> int:
+    return int(record.pk.rsplit("$", 1)[1])
 
 
 async def list_clusters(
@@ -185,6 +209,10 @@ async def iter_cluster_tasks(
     record = decode_item(await _get_cluster_item(ctx, cid, consistent_read), MessageClusterRecord)
     wanted = [Status.parse(s) for s in statuses] if statuses is not None else None
     for shard in range(_shard_count(record)):
+        if record.layout >= BUCKETED:
+            async for task in _bucketed_tasks(ctx, cid, shard, wanted, consistent_read, page_size):
+                yield task
+            continue
         pk = shard_key(cid, shard).pk
         request: dict[str, Any] = {
             "TableName": ctx.table,
@@ -208,6 +236,46 @@ async def iter_cluster_tasks(
             if not last:
                 break
             request["ExclusiveStartKey"] = last
+
+
+async def _bucketed_tasks(
+    ctx: Context,
+    cid: str,
+    shard: int,
+    wanted: list[Status] | None,
+    consistent_read: bool,
+    page_size: int,
+) -> AsyncIterator[MessageRecord]:
+    """Layout 2: a shard's task records with their bucket's status, filtered here
+    (a completed task's record still says PRE FLIGHT)."""
+    key = shard_key(cid, shard)
+    buckets = [bucket_key(cid, shard, j) for j in range(-(-SHARD_SIZE // BUCKET_SIZE))]
+    found = await batch_get(ctx, [(b.pk, b.rk) for b in buckets], consistent_read=consistent_read)
+    request: dict[str, Any] = {
+        "TableName": ctx.table,
+        "KeyConditionExpression": "pk = :pk AND begins_with(rk, :prefix)",
+        "ExpressionAttributeValues": {":pk": {"S": key.pk}, ":prefix": {"S": TASK_SORT_PREFIX}},
+        "ConsistentRead": consistent_read,
+        "Limit": page_size,
+    }
+    while True:
+        with aws_errors(resource=ctx.table):
+            response = await ctx.ddb.query(**request)
+        for item in response.get("Items", []):
+            task = decode_item(item, MessageRecord)  # type: ignore[arg-type]
+            ref = TaskRef(RecordKey(task.pk, task.rk))
+            bkey = bucket_key(cid, shard, ref.bucket)
+            status = bucket_status(found.get((bkey.pk, bkey.rk)), ref.index)
+            if status is not None and status is not task.status:
+                task = msgspec.structs.replace(
+                    task, status=status, status_code=StatusCode(STATUS_CODES[status])
+                )
+            if wanted is None or task.status in wanted:
+                yield task
+        last = response.get("LastEvaluatedKey")
+        if not last:
+            return
+        request["ExclusiveStartKey"] = last
 
 
 async def update_message_cluster(

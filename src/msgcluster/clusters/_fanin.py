@@ -83,10 +83,12 @@ _event_encoder: Final = msgspec.json.Encoder()
 class SettleResult:
     """What :func:`settle_tasks` did: tasks it counted, shards it found final."""
 
-    __slots__ = ("counted", "flipped", "maybe_done")
+    __slots__ = ("counted", "flipped", "maybe_done", "other")
 
     def __init__(self) -> None:
         self.counted: set[RecordKey] = set()
+        # Layout 2: tasks found counted with the other outcome (which stands).
+        self.other: set[RecordKey] = set()
         # Cluster ids that may have completed as a consequence (a closure or a
         # repair ran): callers check for a pending callback only for these.
         self.maybe_done: set[str] = set()
@@ -106,11 +108,41 @@ async def settle_tasks(
     failed task). Tasks already counted are skipped, and their shards are
     repaired, so a caller may acknowledge every message afterwards.
     """
+    from ._buckets import bucketed, settle_bucketed
+
     result = SettleResult()
     unique = list({ref.key: ref for ref in refs}.values())
-    for chunk in _transactions(unique):
+    layouts = await bucketed(ctx, {ref.cluster_id for ref in unique})
+    in_buckets = [ref for ref in unique if layouts[ref.cluster_id]]
+    if in_buckets:
+        await settle_bucketed(ctx, in_buckets, outcome, result)
+        if outcome is not Status.COMPLETE:
+            await _record_outcomes(ctx, in_buckets, outcome, extra or {}, result)
+    on_records = [ref for ref in unique if not layouts[ref.cluster_id]]
+    for chunk in _transactions(on_records):
         await _settle_chunk(ctx, chunk, outcome, extra or {}, result)
     return result
+
+
+async def _record_outcomes(
+    ctx: Context,
+    refs: list[TaskRef],
+    outcome: Status,
+    extra: Mapping[RecordKey, Mapping[str, dict[str, Any]]],
+    result: SettleResult,
+) -> None:
+    """Layout 2: a failed task's record keeps its error and message (for redrive);
+    written after the count, and again by a retry, until it holds."""
+    now = iso_now()
+    for ref in refs:
+        if ref.key in result.other:
+            continue
+        update = _task_update(ctx, ref, outcome, extra.get(ref.key, {}), now)
+        try:
+            with aws_errors(resource=ctx.table):
+                await ctx.ddb.update_item(**update)
+        except ConditionFailedError:
+            pass  # recorded before
 
 
 def _transactions(refs: list[TaskRef]) -> list[list[TaskRef]]:

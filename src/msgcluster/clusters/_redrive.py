@@ -25,6 +25,8 @@ from .._itemcodec import decode_item
 from .._schemas import RecordKey, S3Pointer, ShardRecord, Status, StatusCode
 from ..queues._contract import OutgoingMessage as QueueMessage
 from ..queues._extended import fetch
+from ._buckets import bucketed
+from ._redrive_buckets import uncount_in_buckets
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -55,7 +57,13 @@ async def redrive(ctx: Context, cid: str, shard: int, items: list[dict[str, Any]
         bodies[key] = body
     if not bodies:
         return 0
-    await _uncount(ctx, cid, shard, list(bodies))
+    if (await bucketed(ctx, [cid]))[cid]:
+        reset = await uncount_in_buckets(ctx, cid, shard, list(bodies))
+        bodies = {key: body for key, body in bodies.items() if key in reset}
+        if not bodies:
+            return 0
+    else:
+        await _uncount(ctx, cid, shard, list(bodies))
     url = items[0]["url"]["S"]
     queue = await ctx.queue(url)
     messages = []
@@ -86,10 +94,10 @@ async def _uncount(ctx: Context, cid: str, shard: int, keys: list[RecordKey]) ->
             )
         record = decode_item(response["Item"], ShardRecord)  # type: ignore[arg-type]
         now = iso_now()
-        items = [{"Update": _reset_task(ctx, key, now)} for key in keys]
+        items = [{"Update": reset_task(ctx, key, now)} for key in keys]
         items.append({"Update": _reopen_shard(ctx, skey, record, len(keys))})
         if record.closed_at is not None:
-            items.append({"Update": _reopen_cluster(ctx, ckey, record, now)})
+            items.append({"Update": reopen_cluster(ctx, ckey, record, now)})
         try:
             with aws_errors(resource=ctx.table):
                 await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
@@ -104,7 +112,7 @@ async def _uncount(ctx: Context, cid: str, shard: int, keys: list[RecordKey]) ->
         return
 
 
-def _reset_task(ctx: Context, key: RecordKey, now: str) -> dict[str, Any]:
+def reset_task(ctx: Context, key: RecordKey, now: str) -> dict[str, Any]:
     return {
         "TableName": ctx.table,
         "Key": key_attrs(key.pk, key.rk),
@@ -139,7 +147,7 @@ def _reopen_shard(ctx: Context, skey: RecordKey, record: ShardRecord, n: int) ->
     }
 
 
-def _reopen_cluster(ctx: Context, ckey: RecordKey, record: ShardRecord, now: str) -> dict[str, Any]:
+def reopen_cluster(ctx: Context, ckey: RecordKey, record: ShardRecord, now: str) -> dict[str, Any]:
     """Take a closed shard's counts back out; IN PROGRESS with a fresh callback state."""
     return {
         "TableName": ctx.table,

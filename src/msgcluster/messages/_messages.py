@@ -20,6 +20,7 @@ from .._schemas import (
     ErrorEntry,
     MessageRecord,
     RecordKey,
+    RecordType,
     Status,
 )
 from ..read._incoming import SqsMessage, classify, normalize
@@ -76,7 +77,19 @@ async def get_message_record(
         raise RecordNotFoundError(
             f"no record for {record_key_.pk} (completed and removed, expired, or never sent)"
         )
-    return decode_item(item, MessageRecord)  # type: ignore[arg-type]
+    record = decode_item(item, MessageRecord)  # type: ignore[arg-type]
+    if record.type is RecordType.TASK:
+        (record,) = await _task_statuses(ctx, [record], consistent_read)  # type: ignore[assignment]
+    return record
+
+
+async def _task_statuses(
+    ctx: Context, records: list[MessageRecord | None], consistent_read: bool
+) -> list[MessageRecord | None]:
+    # Layout-2 cluster tasks are counted in their bucket, not on their record.
+    from ..clusters._buckets import with_bucket_status
+
+    return await with_bucket_status(ctx, records, consistent_read=consistent_read)
 
 
 async def get_message_records(
@@ -89,7 +102,7 @@ async def get_message_records(
     for key in wanted:
         item = found.get((key.pk, key.rk))
         out.append(decode_item(item, MessageRecord) if item is not None else None)
-    return out
+    return await _task_statuses(ctx, out, consistent_read)
 
 
 async def update_message_record(

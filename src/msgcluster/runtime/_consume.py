@@ -28,6 +28,7 @@ from .._schemas import (
     Status,
     StatusCode,
 )
+from ..clusters._buckets import bucket_status, note_layout, repair_bucket
 from ..clusters._fanin import repair, settle_tasks
 from ..clusters._group_commit import settle_together
 from ..messages import _messages
@@ -99,6 +100,7 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
     found = await _read_states(ctx, classified)
     out: list[bool] = []
     to_repair: set[tuple[str, int]] = set()
+    full_buckets: dict[RecordKey, tuple[TaskRef, dict[str, Any]]] = {}
     for key, _, kind in classified:
         if key is None:  # plain (or poison): never "already done"; nothing to skip
             out.append(False)
@@ -118,6 +120,12 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
                 StatusCode.STOPPED
             ):
                 out.append(True)  # cancelled (or gone): skip and acknowledge
+            elif note_layout(ctx, ref.cluster_id, cluster):
+                bucket = found.get((ref.bucket_key.pk, ref.bucket_key.rk))
+                counted = bucket is not None and bucket_status(bucket, ref.index) is not None
+                if counted and bucket is not None:
+                    full_buckets[ref.bucket_key] = (ref, bucket)
+                out.append(counted)
             elif item is None or status in _DONE_TASK:
                 to_repair.add((ref.cluster_id, ref.shard))
                 out.append(True)
@@ -125,29 +133,38 @@ async def is_complete_batch(ctx: Context, records: Sequence[object]) -> list[boo
                 out.append(False)
     for cid, shard in sorted(to_repair):
         await repair(ctx, cid, shard)
+    for ref, bucket in full_buckets.values():
+        await repair_bucket(ctx, ref, bucket)
     return out
 
 
 async def _read_states(
     ctx: Context, classified: list[tuple[RecordKey | None, SqsMessage | None, MessageKind]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """One consistent BatchGetItem of the records, and of each task's cluster."""
+    """One consistent BatchGetItem of the records, and of each task's cluster
+    and (layout 2, or not known yet) its bucket."""
     wanted: list[tuple[str, str]] = []
     for key, _, kind in classified:
         if key is None:
             continue
-        wanted.append((key.pk, key.rk))
-        if kind is MessageKind.TASK:
-            ckey = TaskRef(key).cluster_key
-            wanted.append((ckey.pk, ckey.rk))
+        if kind is not MessageKind.TASK:
+            wanted.append((key.pk, key.rk))
+            continue
+        ref = TaskRef(key)
+        bucketed = ctx.cluster_layouts.get(ref.cluster_id)
+        if bucketed is not True:
+            wanted.append((key.pk, key.rk))
+        if bucketed is not False:
+            wanted.append((ref.bucket_key.pk, ref.bucket_key.rk))
+        wanted.append((ref.cluster_key.pk, ref.cluster_key.rk))
     if not wanted:
         return {}
     return await batch_get(
         ctx,
         wanted,
         consistent_read=True,
-        projection="pk, rk, #s, statusCode, callbackStatus",
-        names={"#s": "status"},
+        projection="pk, rk, #s, statusCode, callbackStatus, #l, #ok, #bad, #cap",
+        names={"#s": "status", "#l": "layout", "#ok": "ok", "#bad": "bad", "#cap": "cap"},
     )
 
 
