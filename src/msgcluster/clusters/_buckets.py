@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import msgspec
 
+from .. import _clusterkeys
 from .._aws_errors import aws_errors
 from .._batching import Backoff
-from .. import _clusterkeys
 from .._clusterkeys import BUCKET_SIZE, TaskRef, bucket_key, cluster_key, shard_key
 from .._dynamo import batch_get, key_attrs, n_attr
 from .._errors import AwsConnectionError, ConditionFailedError, MsgclusterError, ThrottledError
@@ -84,7 +84,7 @@ async def bucketed(ctx: Context, cluster_ids: Iterable[str]) -> dict[str, bool]:
     if missing:
         keys = [(cluster_key(cid).pk, cluster_key(cid).rk) for cid in missing]
         found = await batch_get(
-            ctx, keys, consistent_read=True, projection="pk, #l", names={"#l": "layout"}
+            ctx, keys, consistent_read=True, projection="pk, rk, #l", names={"#l": "layout"}
         )
         for cid, key in zip(missing, keys, strict=True):
             out[cid] = note_layout(ctx, cid, found.get(key))

@@ -71,7 +71,7 @@ async def _uncount_bucket(
             if record.closed_at is not None:
                 items.append({"Update": reopen_cluster(ctx, ckey, record, now)})
         else:
-            items.append({"ConditionCheck": _still_open(ctx, skey, j)})
+            items.append({"Update": _still_open(ctx, skey, j, now)})
         try:
             with aws_errors(resource=ctx.table):
                 await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
@@ -131,10 +131,13 @@ def _reopen_bucket(
     }
 
 
-def _still_open(ctx: Context, skey: RecordKey, j: int) -> dict[str, Any]:
+def _still_open(ctx: Context, skey: RecordKey, j: int, now: str) -> dict[str, Any]:
+    """The bucket is still open on its shard. An Update, not a ConditionCheck, so
+    the IAM policy needs no dynamodb:ConditionCheckItem for a rare redrive."""
     return {
         "TableName": ctx.table,
         "Key": key_attrs(skey.pk, skey.rk),
+        "UpdateExpression": "SET updatedAt = :now",
         "ConditionExpression": "NOT contains(buckets, :jn)",
-        "ExpressionAttributeValues": {":jn": n_attr(j)},
+        "ExpressionAttributeValues": {":jn": n_attr(j), ":now": {"S": now}},
     }
