@@ -4,7 +4,8 @@ Run: ``.venv/bin/python -m benchmarks.bench_scale`` (defaults: a 10,000-task
 cluster per run, consumed by 1, 8, 32, 64 and 128 concurrent consumers, a
 20 ms I/O-bound handler; 25 ms transaction hold; about 10 minutes on the
 development machine). Options: ``--tasks``, ``--consumers``,
-``--handler-ms``, ``--hold-ms``, ``--scale``.
+``--handler-ms``, ``--hold-ms``, ``--scale``, ``--layout`` (2, the
+default: bucket sets; 1: the layout of clusters created before 2026-12).
 
 The local server runs :class:`msgcluster.local.Emulation`: transactions hold
 their items for ``--hold-ms`` (overlapping ones are cancelled as DynamoDB
@@ -14,10 +15,12 @@ Consumers are worker slots: ``ceil(C / 16)`` Workers with ``C`` handler
 slots in all, sharing one Client. Timing starts after creation, when the
 workers start, and stops when the completion callback ran.
 
-Printed per run: tasks/s; counting transactions per task and the share of
-them cancelled by a conflict; throttles; requests per task by API; WCU per
-task; the hottest partition's share of the WCU written while consuming, and
-the hottest item's share of transactions; and the AWS ceiling derived from
+Printed per run: tasks/s; counting requests per task (TransactWriteItems
+attempts plus UpdateItem calls) and the share of them that met a conflict
+(a cancelled transaction or a ``TransactionConflictException``); throttles;
+requests per task by API; WCU per task; the hottest partition's share of
+the WCU written while consuming, and the hottest item's share of
+transactions; and the AWS ceiling derived from
 them for one cluster:
 
 * partition ceiling: ``1,000 / (hot share x WCU per task)`` tasks/s, where
@@ -43,6 +46,7 @@ import anyio.to_thread
 
 from benchmarks._metrics import CallCounter
 from msgcluster import App, Client, Worker
+from msgcluster.clusters import _cluster_create
 from msgcluster.local import Emulation, LocalAWS
 
 SLOTS_PER_WORKER = 16
@@ -97,7 +101,8 @@ def _figures(
 ) -> dict[str, Any]:
     counts = stats["counts"]
     transactions = counts.get("transactions", 0)  # every attempt, cancelled ones included
-    conflicts = counts.get("conflicts.transaction", 0)
+    counting = transactions + counts.get("dynamodb.UpdateItem", 0)
+    conflicts = counts.get("conflicts.transaction", 0) + counts.get("conflicts.plain_write", 0)
     held = transactions - conflicts - counts.get("throttled.transaction", 0)
     throttles = sum(v for k, v in counts.items() if k.startswith(("throttled", "unprocessed")))
     wcu = max(stats["wcu"], 1)
@@ -117,7 +122,8 @@ def _figures(
         "consumers": consumers,
         "tasks/s": tasks / elapsed,
         "txn/task": transactions / tasks,  # attempts, cancelled ones included
-        "conflicts": conflicts / transactions if transactions else 0.0,
+        "counting/task": counting / tasks,
+        "conflicts": conflicts / counting if counting else 0.0,
         "throttles": throttles,
         "requests/task": calls.total_per(tasks),
         "by_api": calls.per(tasks),
@@ -133,14 +139,15 @@ def _figures(
 
 def _print(rows: list[dict[str, Any]]) -> None:
     print(
-        "| consumers | tasks/s | txn/task | conflicts | throttles | requests/task | WCU/task "
-        "| hottest partition (run; at the time) | hottest item's txns at the time "
-        "| AWS ceiling, tasks/s (partition; txn) |"
+        "| consumers | tasks/s | counting requests/task (txn) | conflicts | throttles "
+        "| requests/task | WCU/task | hottest partition (run; at the time) "
+        "| hottest item's txns at the time | AWS ceiling, tasks/s (partition; txn) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['consumers']} | {r['tasks/s']:.0f} | {r['txn/task']:.3f} | "
+            f"| {r['consumers']} | {r['tasks/s']:.0f} | "
+            f"{r['counting/task']:.3f} ({r['txn/task']:.3f}) | "
             f"{r['conflicts']:.0%} | {r['throttles']} | {r['requests/task']:.3f} | "
             f"{r['wcu/task']:.2f} | {r['hot_partition']:.0%}; {r['hot_partition_now']:.0%} | "
             f"{r['hot_item_txns_now']:.0%} | "
@@ -153,6 +160,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    _cluster_create.NEW_CLUSTER_LAYOUT = args.layout
     emulation = Emulation(
         transaction_hold=args.hold_ms / 1000, scale=args.scale, sqs_pool=100, duplicate_rate=0.0
     )
@@ -163,7 +171,8 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  done: {consumers} consumers, {rows[-1]['tasks/s']:.0f} tasks/s", flush=True)
     print(
         f"\n{args.tasks:,} tasks per cluster, handler {args.handler_ms:g} ms, transaction hold "
-        f"{args.hold_ms:g} ms, partition throughput x{args.scale:g}\n"
+        f"{args.hold_ms:g} ms, partition throughput x{args.scale:g}, fan-in layout "
+        f"{args.layout}\n"
     )
     _print(rows)
 
@@ -175,6 +184,7 @@ def cli() -> None:
     parser.add_argument("--handler-ms", type=float, default=20.0)
     parser.add_argument("--hold-ms", type=float, default=25.0)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--layout", type=int, choices=[1, 2], default=2)
     anyio.run(main, parser.parse_args())
 
 

@@ -149,3 +149,31 @@ async def cluster_done(mc: msgcluster.Client, key: msgcluster.RecordKey) -> bool
         )
         or record.cancelled
     )
+
+
+def counting_request(request: Any) -> bool:
+    """A fault-proxy matcher: a request that counts tasks, in either fan-in layout
+    (layout 1: a counting TransactWriteItems, not a shard closing; layout 2: a
+    bucket's ``ADD`` UpdateItem)."""
+    try:
+        body = request.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    if request.operation == "TransactWriteItems":
+        return "shardsOpen" not in str(body.get("TransactItems", []))
+    return request.operation == "UpdateItem" and str(body.get("UpdateExpression", "")).startswith(
+        "ADD #n :ids"
+    )
+
+
+def bucket_closing(request: Any) -> bool:
+    """Layout 2: a full bucket's counts added to its shard (``ADD ... buckets :j``)."""
+    if request.operation != "UpdateItem":
+        return False
+    try:
+        body = request.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "buckets :j" in str(body.get("UpdateExpression", ""))

@@ -39,7 +39,7 @@ from typing import Any
 
 import anyio
 import pytest
-from clusterkit import cluster_done, consume
+from clusterkit import bucket_closing, cluster_done, consume, counting_request
 from conftest import client_for, receive_all
 from faultproxy import (
     RESET,
@@ -123,8 +123,9 @@ def _is_closing(request: ProxyRequest) -> bool:
 
 
 def counting_txn(request: ProxyRequest) -> bool:
-    """A receive batch's counting transaction: task updates + shard counters."""
-    return request.operation == "TransactWriteItems" and not _is_closing(request)
+    """A receive batch's counting request: in layout 1 a transaction (task
+    updates + shard counters), in layout 2 a bucket's ``ADD`` UpdateItem."""
+    return counting_request(request)
 
 
 def closing_txn(request: ProxyRequest) -> bool:
@@ -366,6 +367,7 @@ async def test_throttled_msgcluster_retries(
     proxy: FaultProxy,
     queue_url: str,
     small_shards: int,
+    cluster_layout: int,
 ) -> None:
     """Layer: msgcluster, both ways DynamoDB throttles a TransactWriteItems.
 
@@ -379,16 +381,19 @@ async def test_throttled_msgcluster_retries(
       (``None`` for the others), which botocore never retries whatever its
       settings: the shard counter of counting transactions and the cluster
       item of closing transactions. Not applied; retried as it was.
+
+    Layout 2 counts with plain UpdateItems: whole-request throttles only.
     """
     key = await create(mc, queue_url)
     burst = proxy.add_rule(counting_txn, throttle(), times=3)
+    in_txn = cluster_layout == 1
     whole = proxy.add_rule(
         every_other(counting_txn),
         cycle(
             throttle("ProvisionedThroughputExceededException"),
-            cancel("ThrottlingError"),
+            cancel("ThrottlingError") if in_txn else throttle(),
             throttle("RequestLimitExceeded"),
-            cancel("ProvisionedThroughputExceeded"),
+            cancel("ProvisionedThroughputExceeded") if in_txn else throttle(),
         ),
         times=4,
     )
@@ -406,6 +411,7 @@ async def test_throttled_msgcluster_retries(
 # --------------------------------------------------------------------------- 2. conflicts
 
 
+@pytest.mark.parametrize("cluster_layout", [1], indirect=True)
 async def test_txn_cancelled_for_transaction_conflict(
     mc: msgcluster.Client,
     pc: msgcluster.Client,
@@ -432,9 +438,39 @@ async def test_txn_cancelled_for_transaction_conflict(
     assert proxy.count("TransactWriteItems", status=0) == 0
 
 
+@pytest.mark.parametrize("cluster_layout", [2], indirect=True)
+@pytest.mark.parametrize("layer", ["botocore", "msgcluster"])
+async def test_bucket_writes_meet_transactions(
+    mc: msgcluster.Client,
+    pc: msgcluster.Client,
+    pc1: msgcluster.Client,
+    proxy: FaultProxy,
+    queue_url: str,
+    small_shards: int,
+    layer: str,
+) -> None:
+    """Layout 2. A bucket's counting write and a bucket's closing write on its
+    shard get TransactionConflictException (a shard-closing or redrive
+    transaction held the item: plain writes to it fail while it runs), and
+    shard-closing transactions are cancelled for TransactionConflict. Not
+    applied; retried (at the transport, or by msgcluster without botocore
+    retries), counted once."""
+    key = await create(mc, queue_url)
+    conflict = error(400, "TransactionConflictException", "Transaction is ongoing for the item")
+    counting = proxy.add_rule(every_other(counting_txn), conflict, times=3)
+    closing_bucket = proxy.add_rule(every_other(bucket_closing), conflict, times=2)
+    closing = proxy.add_rule(every_other(closing_txn), cancel("TransactionConflict"), times=2)
+    run = Run()
+    await drain(pc if layer == "botocore" else pc1, mc, queue_url, key, run)
+    await assert_exact(mc, key, run)
+    assert (counting.hits, closing_bucket.hits, closing.hits) == (3, 2, 2)
+    assert proxy.count("TransactWriteItems", status=0) == 0
+
+
 # --------------------------------------------------------------------------- 3. lost responses
 
 
+@pytest.mark.parametrize("cluster_layout", [1], indirect=True)
 async def test_counting_and_closing_txns_applied_response_lost(
     mc: msgcluster.Client,
     proxy: FaultProxy,
@@ -482,6 +518,39 @@ async def test_counting_and_closing_txns_applied_response_lost(
     lost = counting.dropped + last.dropped + closing.dropped
     assert proxy.count("TransactWriteItems", status=0) == lost
     assert counting_rule.hits > counting.dropped  # the retries, cancelled by the conditions
+
+
+@pytest.mark.parametrize("cluster_layout", [2], indirect=True)
+async def test_bucket_writes_and_closings_applied_response_lost(
+    mc: msgcluster.Client,
+    proxy: FaultProxy,
+    queue_url: str,
+    small_shards: int,
+    layer: str,
+    consumer: msgcluster.Client,
+) -> None:
+    """Layout 2. Counting writes (bucket ``ADD``), bucket closings (shard
+    ``ADD ... buckets``) and shard closings are applied but their responses
+    lost. botocore or msgcluster re-sends: a re-sent ``ADD`` is a set union
+    (no change); a re-sent bucket closing fails ``NOT contains(buckets, j)``
+    and goes on to repair the shard; a re-sent shard closing fails its
+    condition. Nothing is counted twice and the cluster flips once."""
+    key = await create(mc, queue_url)
+    counting = DropApplied(limit=3)
+    bucket_closings = DropApplied(limit=SHARDS)
+    closing = DropApplied(limit=1 if layer == "botocore" else SHARDS)
+    counting_rule = proxy.add_rule(every_other(counting_txn), counting)
+    proxy.add_rule(bucket_closing, bucket_closings)
+    proxy.add_rule(closing_txn, closing)
+    run = Run()
+    await drain(consumer, mc, queue_url, key, run)
+    await assert_exact(mc, key, run)
+    assert counting.dropped == 3
+    assert bucket_closings.dropped == SHARDS
+    assert closing.dropped == (1 if layer == "botocore" else SHARDS)
+    assert counting_rule.hits > counting.dropped  # the re-sent ones
+    lost = counting.dropped + bucket_closings.dropped + closing.dropped
+    assert proxy.count("UpdateItem", status=0) + proxy.count("TransactWriteItems", status=0) == lost
 
 
 # --------------------------------------------------------------------------- 4. flip and callback

@@ -1,15 +1,20 @@
 """Group commit: concurrent consumers of one Client count a cluster's tasks
-in shared transactions, each call still reporting exactly its own tasks."""
+in shared requests (transactions in layout 1, bucket writes in layout 2),
+each call still reporting exactly its own tasks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import anyio
+import pytest
+from clusterkit import counting_request
 from conftest import receive_all
-from faultproxy import FaultProxy, error, match_target
+from faultproxy import FaultProxy, error
 
 import msgcluster
+
+pytestmark = pytest.mark.usefixtures("cluster_layout")
 
 
 async def _received_tasks(
@@ -24,7 +29,7 @@ async def test_concurrent_batches_share_transactions(
 ) -> None:
     key, messages = await _received_tasks(pc, queue_url, 60)
     batches = [messages[i : i + 3] for i in range(0, 60, 3)]  # 20 consumers, 3 tasks each
-    before = proxy.count("TransactWriteItems")
+    counting = proxy.add_rule(counting_request, lambda request, forward: forward(request))
     results: list[list[bool]] = [[] for _ in batches]
 
     async def consume(index: int) -> None:
@@ -34,8 +39,7 @@ async def test_concurrent_batches_share_transactions(
         for index in range(len(batches)):
             tg.start_soon(consume, index)
     assert all(all(result) for result in results)
-    transactions = proxy.count("TransactWriteItems") - before
-    assert transactions < len(batches) / 2, transactions  # grouped, not one per batch
+    assert 0 < counting.hits < len(batches) / 2, counting.hits  # grouped, not one per batch
     record = await pc.get_message_cluster(key, consistent_read=True)
     assert (record.status, record.completed) == (msgcluster.Status.COMPLETE, 60)
 
@@ -63,7 +67,7 @@ async def test_an_error_reaches_every_caller_in_the_group(
     pc: msgcluster.Client, proxy: FaultProxy, queue_url: str
 ) -> None:
     key, messages = await _received_tasks(pc, queue_url, 20)
-    rule = proxy.add_rule(match_target("TransactWriteItems"), error(400, "ValidationException"))
+    rule = proxy.add_rule(counting_request, error(400, "ValidationException"))
     outcomes: list[object] = []
 
     async def consume(batch: list[dict[str, Any]]) -> None:

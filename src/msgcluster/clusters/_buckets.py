@@ -26,6 +26,7 @@ partition keys as the cluster has buckets.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -33,7 +34,7 @@ import msgspec
 
 from .. import _clusterkeys
 from .._aws_errors import aws_errors
-from .._batching import Backoff
+from .._batching import Backoff, gather_limited
 from .._clusterkeys import BUCKET_SIZE, TaskRef, bucket_key, cluster_key, shard_key
 from .._dynamo import batch_get, key_attrs, n_attr
 from .._errors import AwsConnectionError, ConditionFailedError, MsgclusterError, ThrottledError
@@ -68,6 +69,8 @@ log = logging.getLogger("msgcluster")
 BUCKETED: Final = 2  # MessageClusterRecord.layout of clusters counted here
 # DynamoDB caps a condition expression at 4 KB: at most this many indexes per write.
 _MAX_INDEXES: Final = 100
+# Bucket writes of one settle call in flight at once (a batch touches 1-3).
+_PARALLEL_WRITES: Final = 10
 
 
 async def bucketed(ctx: Context, cluster_ids: Iterable[str]) -> dict[str, bool]:
@@ -136,10 +139,13 @@ async def settle_bucketed(
     groups: dict[RecordKey, list[TaskRef]] = {}
     for ref in refs:
         groups.setdefault(ref.bucket_key, []).append(ref)
-    async with anyio.create_task_group() as tg:
-        for group in groups.values():
-            for start in range(0, len(group), _MAX_INDEXES):
-                tg.start_soon(_count, ctx, group[start : start + _MAX_INDEXES], outcome, result)
+    calls = [
+        partial(_count, ctx, group[start : start + _MAX_INDEXES], outcome, result)
+        for group in groups.values()
+        for start in range(0, len(group), _MAX_INDEXES)
+    ]
+    # A limiter of its own: the caller may hold a slot of the Client's.
+    await gather_limited(anyio.CapacityLimiter(_PARALLEL_WRITES), calls)
 
 
 async def _count(ctx: Context, refs: list[TaskRef], outcome: Status, result: SettleResult) -> None:
