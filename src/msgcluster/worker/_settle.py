@@ -58,6 +58,11 @@ class SettleSteps:
             callback = self.app.cluster_callback
             if callback is not None:
                 for key in {r.cluster_key for r in done if r.cluster_key is not None}:
+                    local = self._callbacks_running.get(key)
+                    if local is not None:
+                        # Another batch of this worker runs it now: its outcome decides.
+                        await local.wait()
+                        continue
                     running = self._callbacks_running[key] = anyio.Event()
                     try:
                         await client.on_cluster_complete(key, callback)
@@ -65,7 +70,7 @@ class SettleSteps:
                         # Recorded on the cluster; its completion event retries it.
                         log.warning("cluster callback failed: %s", exc)
                     finally:
-                        del self._callbacks_running[key]
+                        self._callbacks_running.pop(key, None)
                         running.set()
         for item in items:
             if item.copy_of is not None and item.copy_of.outcome not in ACKED:
