@@ -94,6 +94,13 @@ class Client(ClusterMethods):
         self._ctx: Context | None = None
         self._cluster_callbacks: list[Any] = []
 
+    @classmethod
+    def _from_settings(cls, settings: Settings) -> Client:
+        """A Client with settings resolved already (the CLI's)."""
+        client = cls()
+        client.settings = settings
+        return client
+
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:

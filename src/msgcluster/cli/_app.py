@@ -20,7 +20,7 @@ from .._errors import (
     ValidationError,
 )
 from .._settings import Settings
-from . import _cluster_cmds, _iam, _queue_cmds, _setup_cmds
+from . import _cluster_cmds, _iam, _queue_cmds, _setup_cmds, _worker_cmd
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -105,6 +105,7 @@ def build_parser() -> Parser:
     _cluster_cmds.register(commands, common)
     _setup_cmds.register(commands, common)
     _iam.register(commands, common)
+    _worker_cmd.register(commands, common)
     return parser
 
 

@@ -10,17 +10,24 @@ handler is registered, not when a message arrives.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import msgspec
 
-from .._errors import ConfigurationError
+from .._context import check_queue_target
+from .._errors import ConfigurationError, ValidationError
 from ..read._bodies import BodyDecoder, body_decoder
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Iterable
+
     from .._client import Client
+    from .._results import BatchSendResult
+    from .._schemas import RecordKey
+    from .._settings import Settings
     from ..clusters._callbacks import ClusterCallback
     from ._context import MessageContext
 
@@ -48,9 +55,15 @@ class App:
     counted through it. Plain bodies on a queue need no client.
     """
 
-    def __init__(self, client: Client | None = None, *, name: str = "msgcluster") -> None:
+    def __init__(
+        self, client: Client | None = None, *, name: str = "msgcluster", queue: str | None = None
+    ) -> None:
+        if queue is not None:
+            check_queue_target(queue)
         self.client = client
         self.name = name
+        # The queue send() and the runner use when none is named.
+        self.queue = queue
         self._handlers: list[_Registered] = []
         self._by_type: dict[type, _Registered] = {}
         self._body_type: Any = Any
@@ -157,3 +170,91 @@ class App:
             await registered.func(body, ctx)
         else:
             await registered.func(body)
+
+    # --------------------------------------------------------------- producing
+
+    def _producer(self, queue: str | None) -> tuple[Client, str]:
+        target = queue or self.queue
+        if target is None:
+            raise ConfigurationError(
+                f"App {self.name!r} has no default queue: pass queue=..., or create it with "
+                "App(client, queue='sqs://jobs')"
+            )
+        if self.client is None:
+            raise ConfigurationError(
+                f"App {self.name!r} has no Client: create it with App(client, ...) to send"
+            )
+        return self.client, target
+
+    def _check_sendable(self, body: Any) -> None:
+        """A body no registered handler takes would be dead-lettered on arrival."""
+        if not self._handlers or any(_accepts(r.type, body) for r in self._handlers):
+            return
+        raise ValidationError(
+            f"App {self.name!r} has no handler for a {type(body).__name__} body; "
+            f"its handlers take {', '.join(_type_name(r.type) for r in self._handlers)}"
+        )
+
+    async def send(
+        self, body: Any, meta: Any = None, *, queue: str | None = None, **kw: Any
+    ) -> RecordKey:
+        """Send one tracked message to ``queue`` (default: the App's), checked
+        against the registered handlers; ``kw`` as for ``Client.send_message``."""
+        client, target = self._producer(queue)
+        self._check_sendable(body)
+        return await client.send_message(target, body, meta, **kw)
+
+    async def send_batch(
+        self, bodies: Iterable[Any], meta: Any = None, *, queue: str | None = None, **kw: Any
+    ) -> BatchSendResult:
+        """Send tracked messages, batched (``Client.send_message_batch``)."""
+        client, target = self._producer(queue)
+        checked = list(bodies)
+        for body in checked:
+            self._check_sendable(body)
+        return await client.send_message_batch(target, checked, meta, **kw)
+
+    async def create_cluster(
+        self,
+        tasks: Iterable[Any] | AsyncIterable[Any],
+        meta: Any = None,
+        globals: Any = None,
+        *,
+        queue: str | None = None,
+        **kw: Any,
+    ) -> RecordKey:
+        """``Client.create_message_cluster`` on the App's queue (or ``queue``)."""
+        client, target = self._producer(queue)
+        return await client.create_message_cluster(target, tasks, meta, globals, **kw)
+
+    @contextlib.asynccontextmanager
+    async def opened(self, settings: Settings | None = None) -> AsyncIterator[Client]:
+        """The App's Client, open for the block: opened (and closed after) if it is
+        not open yet; made from ``settings`` (or the environment) if the App has none."""
+        from .._client import Client
+
+        if self.client is None:
+            self.client = Client._from_settings(settings) if settings else Client()
+            if self.cluster_callback is not None:
+                self.client.register_cluster_callback(self.cluster_callback)
+        client = self.client
+        if client.is_open:
+            yield client
+            return
+        async with client:
+            yield client
+
+
+def _accepts(body_type: Any, body: Any) -> bool:
+    """Would a handler of ``body_type`` take ``body`` (as sent, then decoded)?"""
+    if body_type is Any or (isinstance(body_type, type) and isinstance(body, body_type)):
+        return True
+    try:
+        msgspec.convert(msgspec.to_builtins(body), body_type)
+    except (msgspec.ValidationError, TypeError):
+        return False
+    return True
+
+
+def _type_name(value: Any) -> str:
+    return getattr(value, "__name__", None) or repr(value)

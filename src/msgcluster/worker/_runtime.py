@@ -150,7 +150,18 @@ class Worker(SettleSteps):
 
     async def run(self) -> WorkerStats:
         if isinstance(self._queue_arg, str):
-            async with open_queue(self._queue_arg, **self._queue_options) as queue:
+            client = self.app.client
+            uri = self._queue_arg
+            if (
+                client is not None
+                and client.is_open
+                and not self._queue_options
+                and not uri.lower().startswith("memory://")
+            ):
+                # The App's Client: its endpoint, region and credentials, and its
+                # open queue (the Client closes it).
+                return await self._run(await client.ctx.queue(uri))
+            async with open_queue(uri, **self._queue_options) as queue:
                 return await self._run(queue)
         return await self._run(wrap(self._queue_arg))
 
