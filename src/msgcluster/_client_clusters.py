@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import _dead_letters
 from ._clusterkeys import cluster_key
-from ._errors import ConfigurationError
 from ._schemas import S3Pointer, Status
 from .clusters import _cluster_create, _clusters, _globals
+from .clusters._callbacks import CallbackRegistry
 from .read import _records
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class ClusterMethods:
         tolerated_failures: int = 0,
         tolerated_failure_rate: float = 0.0,
         completion_queue_url: str | None = None,
+        callback: str | None = None,
     ) -> RecordKey:
         """Fan ``tasks`` out to the queue at ``url`` as one tracked cluster.
 
@@ -56,7 +57,10 @@ class ClusterMethods:
         The cluster completes as COMPLETE when at most
         ``max(tolerated_failures, tolerated_failure_rate * total)`` tasks
         failed, else ERROR. Its completion event goes to
-        ``completion_queue_url`` (default: the task queue).
+        ``completion_queue_url`` (default: the task queue). ``callback`` names
+        the completion callback to run (registered under that name with
+        ``register_cluster_callback`` / ``App.on_cluster_complete``); default:
+        the default callback.
 
         Returns the cluster key. If creation stops part-way,
         :class:`ClusterCreateError` names the cluster id: call again with
@@ -73,6 +77,7 @@ class ClusterMethods:
             tolerated_failures=tolerated_failures,
             tolerated_failure_rate=tolerated_failure_rate,
             completion_queue_url=completion_queue_url,
+            callback=callback,
         )
 
     async def get_message_cluster(
@@ -204,12 +209,16 @@ class ClusterMethods:
             self.ctx, key, callback, lease_seconds=lease_seconds, max_attempts=max_attempts
         )
 
-    def register_cluster_callback(self, callback: ClusterCallback) -> ClusterCallback:
-        """Register the completion callback this Client runs for completion events it
-        consumes (``safe_process_batch``, workers). Usable as a decorator."""
-        if self._cluster_callbacks and self._cluster_callbacks[0] is not callback:
-            raise ConfigurationError("a cluster completion callback is already registered")
-        self._cluster_callbacks[:] = [callback]
+    def register_cluster_callback(
+        self, callback: ClusterCallback, *, name: str | None = None
+    ) -> ClusterCallback:
+        """Register a completion callback this Client runs for completion events it
+        consumes (``safe_process_batch``, workers): the default one, or the one
+        clusters created with ``callback=name`` run. Usable as a decorator."""
+        if not self._cluster_callbacks:
+            self._cluster_callbacks.append(CallbackRegistry())
+        registry: CallbackRegistry = self._cluster_callbacks[0]
+        registry.register(callback, name)
         return callback
 
     @staticmethod

@@ -231,6 +231,9 @@ class MessageClusterRecord(msgspec.Struct, rename="camel", kw_only=True, omit_de
     completion_queue_url: str | None = None
     globals_bucket: str | None = None
     globals_key: str | None = None
+    # The completion callback by name (``create_message_cluster(callback=)``):
+    # run by the callback registered under it; None: the default callback.
+    callback_name: str | None = None
     callback_status: CallbackStatus | None = None
     callback_attempts: int = 0
     callback_error: str | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -21,14 +22,27 @@ from .._aws_errors import aws_errors
 from .._clusterkeys import cluster_key
 from .._context import iso_now
 from .._dynamo import get_consistent, key_attrs, n_attr
-from .._errors import AwsConnectionError, CallbackError, ConditionFailedError
+from .._errors import (
+    AwsConnectionError,
+    CallbackError,
+    ConditionFailedError,
+    ConfigurationError,
+    ValidationError,
+)
 from .._itemcodec import decode_item
 from .._schemas import CallbackStatus, MessageClusterRecord, StatusCode
 
 if TYPE_CHECKING:
     from .._context import Context
 
-__all__ = ["ClusterCallback", "ClusterView", "globals_getter", "run_callback"]
+__all__ = [
+    "CallbackRegistry",
+    "ClusterCallback",
+    "ClusterView",
+    "check_callback_name",
+    "globals_getter",
+    "run_callback",
+]
 
 log = logging.getLogger("msgcluster")
 
@@ -38,6 +52,56 @@ MAX_ERROR_TEXT: Final = 1_024
 
 GlobalsGetter = Callable[..., Awaitable[Any]]
 ClusterCallback = Callable[[MessageClusterRecord, GlobalsGetter], Awaitable[Any] | Any]
+
+
+_CALLBACK_NAME: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def check_callback_name(name: object) -> str:
+    if not isinstance(name, str) or not _CALLBACK_NAME.match(name):
+        raise ValidationError(
+            f"a callback name is 1-128 characters of [A-Za-z0-9_.:-], got {name!r:.200}"
+        )
+    return name
+
+
+class CallbackRegistry:
+    """Completion callbacks by name, and a default for clusters that name none.
+
+    Called as a callback, it runs the one the cluster names. A process runs
+    (claims) only the callbacks it has: a cluster naming another is left
+    for a process that registered it.
+    """
+
+    def __init__(self) -> None:
+        self.callbacks: dict[str | None, ClusterCallback] = {}
+
+    def register(self, callback: ClusterCallback, name: str | None = None) -> None:
+        if name is not None:
+            check_callback_name(name)
+        current = self.callbacks.get(name)
+        if current is not None and current is not callback:
+            what = f"named {name!r}" if name else "(the default)"
+            raise ConfigurationError(f"a cluster completion callback {what} is already registered")
+        self.callbacks[name] = callback
+
+    def names(self) -> tuple[bool, list[str]]:
+        """(has a default, the names)."""
+        return None in self.callbacks, sorted(n for n in self.callbacks if n is not None)
+
+    def __bool__(self) -> bool:
+        return bool(self.callbacks)
+
+    async def __call__(self, record: MessageClusterRecord, get_globals: GlobalsGetter) -> Any:
+        callback = self.callbacks.get(record.callback_name)
+        if callback is None:
+            raise ConfigurationError(
+                f"no completion callback named {record.callback_name!r} is registered"
+            )
+        result = callback(record, get_globals)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
 
 class ClusterView(NamedTuple):
@@ -74,7 +138,8 @@ async def run_callback(
     as :class:`CallbackError`.
     """
     owner = uuid.uuid4().hex
-    attributes = await _claim(ctx, cluster_id, owner, lease_seconds)
+    only = callback.names() if isinstance(callback, CallbackRegistry) else None
+    attributes = await _claim(ctx, cluster_id, owner, lease_seconds, only)
     if attributes is None:
         return False
     record = decode_item(attributes, MessageClusterRecord)
@@ -105,12 +170,43 @@ async def run_callback(
     return True
 
 
+def _name_condition(only: tuple[bool, list[str]] | None, values: dict[str, Any]) -> str:
+    """`` AND <the cluster names one of our callbacks>`` (empty: any will do)."""
+    if only is None:
+        return ""
+    default, names = only
+    parts = ["attribute_not_exists(callbackName)"] if default else []
+    if names:
+        for position, name in enumerate(names):
+            values[f":cb{position}"] = {"S": name}
+        parts.append(f"callbackName IN ({', '.join(f':cb{i}' for i in range(len(names)))})")
+    # An empty registry claims nothing (its callers do not call it).
+    return f" AND ({' OR '.join(parts)})" if parts else " AND attribute_exists(noSuchAttribute)"
+
+
 async def _claim(
-    ctx: Context, cluster_id: str, owner: str, lease_seconds: int
+    ctx: Context,
+    cluster_id: str,
+    owner: str,
+    lease_seconds: int,
+    only: tuple[bool, list[str]] | None = None,
 ) -> dict[str, Any] | None:
-    """The cluster item if ``owner`` now holds the claim, else None."""
+    """The cluster item if ``owner`` now holds the claim, else None. ``only``:
+    claim only a cluster whose callback is one of these (a registry's)."""
     key = cluster_key(cluster_id)
     now = int(ctx.clock())
+    values: dict[str, Any] = {
+        ":running": {"S": CallbackStatus.RUNNING.value},
+        ":pending": {"S": CallbackStatus.PENDING.value},
+        ":until": n_attr(now + lease_seconds),
+        ":now": n_attr(now),
+        ":me": {"S": owner},
+        ":iso": {"S": iso_now()},
+        ":one": n_attr(1),
+        ":done": n_attr(StatusCode.COMPLETE),
+        ":error": n_attr(StatusCode.ERROR),
+    }
+    mine = _name_condition(only, values)
     try:
         with aws_errors(resource=ctx.table):
             response = await ctx.ddb.update_item(
@@ -122,19 +218,9 @@ async def _claim(
                 ),
                 ConditionExpression=(
                     "statusCode IN (:done, :error) AND (callbackStatus = :pending OR "
-                    "(callbackStatus = :running AND callbackLease < :now))"
+                    "(callbackStatus = :running AND callbackLease < :now))" + mine
                 ),
-                ExpressionAttributeValues={
-                    ":running": {"S": CallbackStatus.RUNNING.value},
-                    ":pending": {"S": CallbackStatus.PENDING.value},
-                    ":until": n_attr(now + lease_seconds),
-                    ":now": n_attr(now),
-                    ":me": {"S": owner},
-                    ":iso": {"S": iso_now()},
-                    ":one": n_attr(1),
-                    ":done": n_attr(StatusCode.COMPLETE),
-                    ":error": n_attr(StatusCode.ERROR),
-                },
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -143,6 +229,7 @@ async def _claim(
         # Our claim applied but its response was lost, and botocore's retry
         # of it failed the condition: the item then names us as the owner.
         if not _claimed_by(exc.item, owner):
+            _not_ours(cluster_id, exc.item, only)
             return None
         attributes = exc.item
     except AwsConnectionError:
@@ -151,6 +238,23 @@ async def _claim(
         if not _claimed_by(attributes, owner):
             raise
     return attributes
+
+
+def _not_ours(
+    cluster_id: str, item: dict[str, Any] | None, only: tuple[bool, list[str]] | None
+) -> None:
+    """Say so when the claim failed because the cluster names a callback we lack."""
+    if only is None or not item:
+        return
+    name = item.get("callbackName", {}).get("S")
+    default, names = only
+    if (name is None and not default) or (name is not None and name not in names):
+        log.warning(
+            "cluster %s names completion callback %r, which is not registered here: "
+            "left for a process that registers it",
+            cluster_id,
+            name,
+        )
 
 
 def _claimed_by(item: dict[str, Any] | None, owner: str) -> bool:

@@ -59,6 +59,7 @@ from ..messages._sending import send_entries
 from ..queues import _extended
 from ..queues._contract import OutgoingMessage
 from ._buckets import BUCKETED, cap_last_bucket, note_layout
+from ._callbacks import check_callback_name
 from ._fanin import close_shard, maybe_flip
 
 if TYPE_CHECKING:
@@ -134,8 +135,11 @@ async def create_message_cluster(
     tolerated_failures: int = 0,
     tolerated_failure_rate: float = 0.0,
     completion_queue_url: str | None = None,
+    callback: str | None = None,
 ) -> RecordKey:
     cid = _check_args(tasks, cluster_id, tolerated_failures, tolerated_failure_rate)
+    if callback is not None:
+        check_callback_name(callback)
     info = await ctx.queue_info(url)
     if completion_queue_url is not None:
         await ctx.queue_info(completion_queue_url)
@@ -165,7 +169,7 @@ async def create_message_cluster(
         total = len(tasks) if isinstance(tasks, Sized) else 0
         existing = await _put_cluster(
             ctx, cid, info, meta_bytes, pointer, total, tolerated_failures,
-            float(tolerated_failure_rate), completion_queue_url,
+            float(tolerated_failure_rate), completion_queue_url, callback,
         )  # fmt: skip
     resume = existing is not None
     bucketed = note_layout(ctx, cid, existing) if resume else NEW_CLUSTER_LAYOUT >= BUCKETED
@@ -200,6 +204,7 @@ async def _put_cluster(
     tolerated_failures: int,
     tolerated_failure_rate: float,
     completion_queue_url: str | None,
+    callback: str | None,
 ) -> dict[str, Any] | None:
     """Write the PRE FLIGHT cluster record; the existing item if one won a race."""
     now = iso_now()
@@ -214,6 +219,7 @@ async def _put_cluster(
         tolerated_failures=tolerated_failures,
         tolerated_failure_rate=tolerated_failure_rate,
         completion_queue_url=completion_queue_url,
+        callback_name=callback,
         globals_bucket=pointer.bucket if pointer else None,
         globals_key=pointer.key if pointer else None,
         started_at=now,

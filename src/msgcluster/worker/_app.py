@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
 
 import msgspec
 
 from .._context import check_queue_target
 from .._errors import ConfigurationError, ValidationError
+from ..clusters._callbacks import CallbackRegistry
 from ..read._bodies import BodyDecoder, body_decoder
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class App:
         self._by_type: dict[type, _Registered] = {}
         self._body_type: Any = Any
         self._decoder: BodyDecoder | None = None
+        self._callbacks = CallbackRegistry()
+        # What workers run for a cluster: the registry (it dispatches by the
+        # cluster's callback name), once a callback is registered.
         self.cluster_callback: ClusterCallback | None = None
 
     def check_ready(self) -> None:
@@ -107,16 +111,34 @@ class App:
 
         return register
 
-    def on_cluster_complete(self, callback: ClusterCallback) -> ClusterCallback:
-        """Register the cluster completion callback (usable as a decorator):
+    @overload
+    def on_cluster_complete(self, callback: ClusterCallback) -> ClusterCallback: ...
+    @overload
+    def on_cluster_complete(self, *, name: str) -> Callable[[ClusterCallback], ClusterCallback]: ...
+    def on_cluster_complete(
+        self, callback: ClusterCallback | None = None, *, name: str | None = None
+    ) -> Any:
+        """Register a cluster completion callback (usable as a decorator):
         ``callback(record, get_globals)``, run exactly once per cluster by
-        whichever worker finishes it or consumes its completion event."""
-        if self.cluster_callback is not None and self.cluster_callback is not callback:
-            raise ConfigurationError("a cluster completion callback is already registered")
-        self.cluster_callback = callback
-        if self.client is not None:
-            self.client.register_cluster_callback(callback)
-        return callback
+        whichever worker finishes it or consumes its completion event.
+
+        ``@app.on_cluster_complete`` registers the default callback;
+        ``@app.on_cluster_complete(name="thumbnails")`` the one that clusters
+        created with ``callback="thumbnails"`` run instead.
+        """
+
+        def register(func: ClusterCallback) -> ClusterCallback:
+            self._callbacks.register(func, name)
+            self.cluster_callback = self._callbacks
+            if self.client is not None:
+                self.client.register_cluster_callback(func, name=name)
+            return func
+
+        return register if callback is None else register(callback)
+
+    def callback_names(self) -> list[str]:
+        """The names of the named completion callbacks."""
+        return self._callbacks.names()[1]
 
     def _rebuild(self, handlers: list[_Registered]) -> None:
         types = tuple(r.type for r in handlers)
@@ -223,8 +245,15 @@ class App:
         queue: str | None = None,
         **kw: Any,
     ) -> RecordKey:
-        """``Client.create_message_cluster`` on the App's queue (or ``queue``)."""
+        """``Client.create_message_cluster`` on the App's queue (or ``queue``);
+        ``callback=`` must name a callback registered on this App."""
         client, target = self._producer(queue)
+        name = kw.get("callback")
+        if name is not None and name not in self.callback_names():
+            raise ValidationError(
+                f"App {self.name!r} has no completion callback named {name!r}; register it "
+                f"with @app.on_cluster_complete(name={name!r})"
+            )
         return await client.create_message_cluster(target, tasks, meta, globals, **kw)
 
     @contextlib.asynccontextmanager
@@ -235,8 +264,8 @@ class App:
 
         if self.client is None:
             self.client = Client._from_settings(settings) if settings else Client()
-            if self.cluster_callback is not None:
-                self.client.register_cluster_callback(self.cluster_callback)
+            for name, func in self._callbacks.callbacks.items():
+                self.client.register_cluster_callback(func, name=name)
         client = self.client
         if client.is_open:
             yield client
