@@ -14,6 +14,7 @@ from ._app import App, Handler
 from ._context import MessageContext
 from ._flow import Ack, HandlerFlow, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
+from ._policy import HandlerPolicy, HandlerTimeoutError
 from ._runtime import Worker
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "App",
     "Handler",
     "HandlerFlow",
+    "HandlerPolicy",
+    "HandlerTimeoutError",
     "LoggingMetrics",
     "MessageContext",
     "Outcome",

@@ -21,6 +21,7 @@ from .._context import check_queue_target
 from .._errors import ConfigurationError, ValidationError
 from ..clusters._callbacks import CallbackRegistry
 from ..read._bodies import BodyDecoder, body_decoder
+from ._policy import DEFAULT_POLICY, HandlerPolicy, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -39,12 +40,15 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 class _Registered:
-    __slots__ = ("func", "takes_context", "type")
+    __slots__ = ("func", "policy", "takes_context", "type")
 
-    def __init__(self, type_: Any, func: Handler, takes_context: bool) -> None:
+    def __init__(
+        self, type_: Any, func: Handler, takes_context: bool, policy: HandlerPolicy
+    ) -> None:
         self.type = type_
         self.func = func
         self.takes_context = takes_context
+        self.policy = policy
 
 
 class App:
@@ -85,8 +89,27 @@ class App:
 
     # ---------------------------------------------------------- registration
 
-    def handler(self, body_type: type[T]) -> Callable[[Handler], Handler]:
-        """Register ``async def handle(body: body_type[, ctx: MessageContext])``."""
+    def handler(
+        self,
+        body_type: type[T],
+        *,
+        retries: int | None = None,
+        backoff: float | Callable[[int], float] | None = None,
+        timeout: float | None = None,
+        visibility: float | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register ``async def handle(body: body_type[, ctx: MessageContext])``.
+
+        The policy options default to the Worker's values (see
+        :class:`~msgcluster.worker.HandlerPolicy`): ``retries`` (tries after
+        the first, then the dead-letter queue), ``backoff`` (seconds before
+        the first retry, doubling; or ``f(attempt) -> seconds``),
+        ``timeout`` (seconds a run may take) and ``visibility`` (seconds the
+        message stays invisible while it runs).
+        """
+        policy = make_policy(
+            retries=retries, backoff=backoff, timeout=timeout, visibility=visibility
+        )
 
         def register(func: Handler) -> Handler:
             if not inspect.iscoroutinefunction(func):
@@ -105,7 +128,7 @@ class App:
                 )
             if any(r.type == body_type for r in self._handlers):
                 raise ConfigurationError(f"a handler for {body_type!r} is already registered")
-            registered = _Registered(body_type, func, len(params) == 2)
+            registered = _Registered(body_type, func, len(params) == 2, policy)
             self._rebuild([*self._handlers, registered])
             return func
 
@@ -185,6 +208,16 @@ class App:
                 continue
             return registered
         raise ConfigurationError(f"no handler for a body of type {type(body).__name__}")
+
+    def policy_for(self, body: Any) -> HandlerPolicy:
+        """The policy of the handler that takes ``body`` (the default if none)."""
+        try:
+            return self.handler_for(body).policy
+        except ConfigurationError:
+            return DEFAULT_POLICY
+
+    def policies(self) -> list[HandlerPolicy]:
+        return [r.policy for r in self._handlers]
 
     async def dispatch(self, body: Any, ctx: MessageContext) -> None:
         registered = self.handler_for(body)

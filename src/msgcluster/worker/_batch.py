@@ -37,6 +37,7 @@ class Item:
         "running",
         "seconds",
         "settled",
+        "visibility",
     )
 
     def __init__(self, message: ReceivedMessage, queue: Queue) -> None:
@@ -50,6 +51,8 @@ class Item:
         self.running = False
         self.settled = False
         self.seconds = 0.0
+        # Its visibility timeout while it runs (the handler's policy, or the Worker's).
+        self.visibility = 0.0
         # The same message delivered twice in one batch runs once: the copy
         # follows its first delivery's outcome.
         self.copy_of: Item | None = None

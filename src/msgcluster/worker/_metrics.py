@@ -78,12 +78,12 @@ class WorkerStats:
 
 
 class LoggingMetrics:
-    """The default hook: keeps nothing, logs a summary when the worker stops
-    and a line for every message that failed or went to the DLQ."""
+    """The default hook: keeps nothing, logs a summary when the worker stops.
+    (The worker itself logs a line, with the message id and the reason, for
+    every message that failed or went to the DLQ.)"""
 
     def message_done(self, outcome: Outcome, seconds: float, lag: float | None) -> None:
-        if outcome in (Outcome.FAILED, Outcome.DEAD_LETTERED):
-            log.warning("message %s after %.3f s", outcome.value, seconds)
+        pass
 
     def in_flight(self, count: int) -> None:
         pass

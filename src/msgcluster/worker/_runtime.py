@@ -21,6 +21,7 @@ Shape (saq / faststream style, on anyio):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -39,11 +40,12 @@ from ._batch import Item, read_batch
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
 from ._options import check_options
+from ._policy import DEFAULT_POLICY, HandlerPolicy, HandlerTimeoutError
 from ._settle import SettleSteps
 from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Iterator
 
     from ._app import App
 
@@ -344,13 +346,20 @@ class Worker(SettleSteps):
             self._limiter.release()
 
     async def _run_handler(self, item: Item) -> None:
+        event = item.record is not None and item.record.type is RecordType.CLUSTER
+        policy = DEFAULT_POLICY if event else self.app.policy_for(item.body)
+        item.visibility = policy.visibility or self.visibility_timeout
+        if item.visibility != self.visibility_timeout and self._queue is not None:
+            # This handler's messages stay invisible for its own time.
+            await self._change_visibility(self._queue, [(item, item.visibility)], "extend")
         started = time.monotonic()
-        self._running[id(item)] = (item, started, started + self.visibility_timeout)
+        self._running[id(item)] = (item, started, started + item.visibility)
         try:
-            if item.record is not None and item.record.type is RecordType.CLUSTER:
+            if event:
                 await self._run_completion_event(item)
             else:
-                await self.app.dispatch(item.body, item.ctx)
+                with _time_limit(policy.timeout):
+                    await self.app.dispatch(item.body, item.ctx)
                 item.outcome = Outcome.SUCCEEDED
         except Ack:
             item.outcome = Outcome.SUCCEEDED
@@ -359,11 +368,28 @@ class Worker(SettleSteps):
         except Reject as exc:
             item.outcome, item.error = Outcome.DEAD_LETTERED, exc
         except Exception as exc:
-            log.warning("handler failed for message %s: %r", item.message.id, exc)
-            item.outcome, item.error = Outcome.RETRIED, exc
+            self._failed(item, policy, exc)
         finally:
             item.seconds = time.monotonic() - started
             self._running.pop(id(item), None)
+
+    def _failed(self, item: Item, policy: HandlerPolicy, exc: Exception) -> None:
+        """A handler raised (or ran out of time): retry per its policy, or give up."""
+        count = item.message.receive_count
+        if policy.exhausted(count):
+            log.warning(
+                "message %s dead-lettered: attempt %d of %d failed: %r",
+                item.message.id, count, (policy.retries or 0) + 1, exc,
+            )  # fmt: skip
+            item.outcome, item.error = Outcome.DEAD_LETTERED, exc
+            return
+        item.outcome, item.error = Outcome.RETRIED, exc
+        item.retry_delay = policy.retry_delay(count, self.backoff_max)
+        log.warning(
+            "message %s failed (attempt %d), retried%s: %r",
+            item.message.id, count,
+            "" if item.retry_delay is None else f" in {item.retry_delay:.1f} s", exc,
+        )  # fmt: skip
 
     async def _run_completion_event(self, item: Item) -> None:
         client, callback = self.app.client, self.app.cluster_callback
@@ -397,8 +423,12 @@ class Worker(SettleSteps):
     # ------------------------------------------------------------ heartbeat
 
     async def _heartbeat(self) -> None:
-        """Extend messages whose handler runs past a third of the timeout."""
-        interval = max(0.5, self.visibility_timeout / 3)
+        """Extend messages whose handler runs past a third of its timeout."""
+        shortest = min(
+            [self.visibility_timeout]
+            + [p.visibility for p in self.app.policies() if p.visibility is not None]
+        )
+        interval = max(0.5, shortest / 3)
         while True:
             await anyio.sleep(interval)
             now = time.monotonic()
@@ -406,16 +436,16 @@ class Worker(SettleSteps):
             if queue is None:
                 continue
             due = [
-                (item, self.visibility_timeout)
+                (item, item.visibility)
                 for item, started, until in self._running.values()
                 # Past max_extension: let it become visible; a duplicate is skipped.
                 if until - now <= interval * 1.5 and now - started < self.max_extension
             ]
             failed = await self._change_visibility(queue, due, "extend")
-            for item, _ in due:
+            for item, seconds in due:
                 entry = self._running.get(id(item))
                 if entry is not None and item not in failed:
-                    self._running[id(item)] = (item, entry[1], now + self.visibility_timeout)
+                    self._running[id(item)] = (item, entry[1], now + seconds)
 
     async def _watch_signals(self) -> None:
         try:
@@ -425,3 +455,15 @@ class Worker(SettleSteps):
                     self.stop()
         except (NotImplementedError, ValueError):  # not the main thread / platform
             return
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Cancel the block after ``seconds`` (a policy's timeout), as a failure."""
+    if seconds is None:
+        yield
+        return
+    with anyio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise HandlerTimeoutError(f"the handler ran past its timeout of {seconds:g} s")

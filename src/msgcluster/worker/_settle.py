@@ -196,6 +196,15 @@ class SettleSteps:
         lag = time.time() - sent if sent is not None else None
         self.stats.add(outcome, item.seconds, lag)
         self.metrics.message_done(outcome, item.seconds, lag)
+        if outcome in (Outcome.FAILED, Outcome.DEAD_LETTERED):
+            reason = f"{type(item.error).__name__}: {item.error}" if item.error else "rejected"
+            log.warning(
+                "message %s %s after %d receive(s), %.3f s: %s",
+                item.message.id, outcome.value, item.message.receive_count, item.seconds,
+                reason[:300],
+            )  # fmt: skip
+        else:
+            log.debug("message %s %s in %.3f s", item.message.id, outcome.value, item.seconds)
 
     def _backoff(self, attempt: int, *, cap: float) -> float:
         """Full-jitter-ish exponential backoff: base * 2^(n-1), jittered 50-100%."""
