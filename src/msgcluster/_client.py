@@ -70,6 +70,8 @@ class Client(ClusterMethods):
         aws_session_token: str | None = None,
         profile: str | None = None,
         session: AioSession | None = None,
+        claim: bool | None = None,
+        claim_seconds: int | None = None,
     ) -> None:
         self.settings = Settings.resolve(
             table=table,
@@ -88,6 +90,8 @@ class Client(ClusterMethods):
             aws_secret_access_key=aws_secret_access_key,
             aws_session_token=aws_session_token,
             profile=profile,
+            claim=claim,
+            claim_seconds=claim_seconds,
         )
         self._session = session
         self._stack: contextlib.AsyncExitStack | None = None
@@ -325,6 +329,17 @@ class Client(ClusterMethods):
         when the callback is done.
         """
         return await _consume.is_complete_batch(self.ctx, records)
+
+    async def claim_batch(self, records: Sequence[object]) -> list[bool]:
+        """Claim records about to run (not complete), in one transaction: per
+        record, True if this call holds it now (run the handler), False if
+        another consumer does (retry it later; see ``Client(claim=True)``,
+        which the worker and ``safe_process_batch`` use). A failed attempt
+        (``mark_failed``) releases the claim; a claim's lease is
+        ``claim_seconds``."""
+        from .runtime._claims import claim_batch
+
+        return [not claim.held for claim in await claim_batch(self.ctx, records)]
 
     async def mark_complete(self, record: object) -> bool:
         """Complete a message (its record is deleted) or count a cluster task once.

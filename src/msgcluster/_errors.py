@@ -63,6 +63,7 @@ __all__ = [
     "BodyDecodeError",
     "BucketNotFoundError",
     "CallbackError",
+    "ClaimHeldError",
     "ClusterCreateError",
     "ClusterError",
     "ConditionFailedError",
@@ -184,6 +185,16 @@ class ClusterCreateError(ClusterError):
     Call it again with ``cluster_id=error.cluster_id`` and the same tasks to
     resume: tasks already sent are not written again.
     """
+
+
+class ClaimHeldError(MsgclusterError):
+    """(Claims on) Another consumer holds this message's claim and is running its
+    handler: it was not run here, and is retried after ``retry_after`` seconds
+    (the holder's lease), as Powertools' IdempotencyAlreadyInProgressError."""
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CallbackError(MsgclusterError):

@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ``max_meta_bytes``                                         32,768 (16-350,000)
     ``record_body_bytes``                                      1,024 (0-350,000)
     ``max_receive_count``                                      5 (1-1000, ``provision``)
+    ``claim``                                                  off (``runtime._claims``)
+    ``claim_seconds``                                          300 (1-43,200)
     ============================  ===========================  =====================
 
     An explicit ``endpoint_url`` wins over every environment endpoint; the
@@ -76,6 +78,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     record_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=350_000)] = 1_024
     max_errors: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     max_receive_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5  # SQS's range
+    # Exactly one handler run per tracked message under concurrent duplicates:
+    # a leased IN PROGRESS claim per record, taken per batch (runtime._claims).
+    claim: bool = False
+    # The lease: longer than a handler may run (a crashed holder's claim ends then).
+    claim_seconds: Annotated[int, msgspec.Meta(ge=1, le=43_200)] = 300
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None

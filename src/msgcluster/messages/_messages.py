@@ -229,7 +229,9 @@ async def _append_error(
     request: dict[str, Any] = {
         "TableName": ctx.table,
         "Key": key_attrs(key.pk, key.rk),
-        "UpdateExpression": f"SET {sets}, #e = list_append(if_not_exists(#e, :empty), :new)",
+        # A failed attempt ends its claim (if any): the retry may run at once.
+        "UpdateExpression": f"SET {sets}, #e = list_append(if_not_exists(#e, :empty), :new) "
+        "REMOVE claimUntil, claimOwner",
         "ConditionExpression": (
             "attribute_exists(pk) AND #s <> :done AND (attribute_not_exists(#e) OR size(#e) < :max)"
         ),

@@ -20,11 +20,12 @@ import anyio
 
 from .._clusterkeys import TaskRef, cluster_id_of
 from .._dynamo import batch_write, key_attrs
-from .._errors import ConfigurationError, MalformedEventError, MsgclusterError
+from .._errors import ClaimHeldError, ConfigurationError, MalformedEventError, MsgclusterError
 from ..clusters._callbacks import run_callback
 from ..clusters._group_commit import settle_together
 from ..read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
 from ..read._records import ParsedRecord, load_incoming
+from ._claims import claim_batch
 from ._consume import is_complete_batch, mark_failed
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ ProcessRecord = Callable[[ParsedRecord[Any]], Awaitable[Any] | Any]
 
 class _GroupBlocked(Exception):
     """Not attempted: an earlier message of its FIFO group failed."""
+
+
+_NOT_FAILURES = (_GroupBlocked, ClaimHeldError)
 
 
 class _Item:
@@ -112,7 +116,8 @@ async def safe_process_batch(
     await batch.run(items, fifo=_is_fifo(messages) if fifo is None else fifo)
     if ctx is not None:
         await _complete(ctx, [i for i in items if i.ok and i.key is not None and i.key not in done])
-        failed = [i for i in items if i.key and i.error and not isinstance(i.error, _GroupBlocked)]
+        # Neither a blocked FIFO message nor one claimed elsewhere failed here.
+        failed = [i for i in items if i.key and i.error and not isinstance(i.error, _NOT_FAILURES)]
         await _record_failures(ctx, batch.limiter, failed)
     for copy, first in copies:
         copy.ok, copy.error = first.ok, first.error
@@ -163,6 +168,16 @@ async def _already_done(ctx: Context | None, items: list[_Item]) -> set[RecordKe
     for item in items:
         if item.key in done:
             item.ok = True
+    if ctx.settings.claim:
+        to_run = [item for item in checked if item.key not in done]
+        claims = await claim_batch(ctx, [item.key for item in to_run])
+        for item, claim in zip(to_run, claims, strict=True):
+            if claim.held:
+                item.error = ClaimHeldError(
+                    f"message {item.message.id} is being processed by another consumer; "
+                    f"retry after {claim.retry_after:.0f} s",
+                    retry_after=claim.retry_after,
+                )
     return done
 
 

@@ -10,6 +10,7 @@ from .._errors import MsgclusterError, ObjectNotFoundError, RecordError
 from ..read._incoming import MessageKind, classify, from_received
 from ..read._records import ParsedRecord, load_incoming
 from ._context import MessageContext
+from ._flow import Retry
 from ._metrics import Outcome
 
 if TYPE_CHECKING:
@@ -81,6 +82,25 @@ async def read_batch(app: App, items: list[Item]) -> None:
         for item, complete in zip(tracked, done, strict=True):
             if complete:
                 item.outcome = Outcome.SKIPPED
+        if ctx is not None and ctx.settings.claim:
+            await _claim(ctx, [i for i in tracked if i.outcome is None])
+
+
+async def _claim(ctx: Context, items: list[Item]) -> None:
+    """Claims on: run only what this worker holds; a message another consumer
+    runs now is retried after that consumer's lease (not counted as failed)."""
+    from ..runtime._claims import claim_batch
+
+    claims = await claim_batch(ctx, [item.record for item in items])
+    for item, claim in zip(items, claims, strict=True):
+        if claim.held:
+            log.info(
+                "message %s is being processed by another consumer: retried in %.0f s",
+                item.message.id, claim.retry_after,
+            )  # fmt: skip
+            item.outcome = Outcome.RETRIED
+            item.error = Retry(claim.retry_after, "claimed by another consumer")
+            item.retry_delay = claim.retry_after
 
 
 async def _read(app: App, ctx: Context | None, item: Item) -> None:
