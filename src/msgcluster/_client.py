@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
+import msgspec
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
@@ -97,6 +98,16 @@ class Client(ClusterMethods):
         self._stack: contextlib.AsyncExitStack | None = None
         self._ctx: Context | None = None
         self._cluster_callbacks: list[Any] = []
+
+    def with_options(self, **changes: Any) -> Client:
+        """A new (not yet open) Client with these settings, and ``changes``
+        (``mc.with_options(claim=True)``)."""
+        values = msgspec.structs.asdict(self.settings) | changes
+        try:
+            settings = msgspec.convert(values, Settings)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"invalid Client setting: {exc}") from None
+        return Client._from_settings(settings)
 
     @classmethod
     def _from_settings(cls, settings: Settings) -> Client:
