@@ -436,6 +436,47 @@ async def test_fifo_failure_fails_the_rest_of_its_group(
     assert blocked.status is Status.PRE_FLIGHT
 
 
+@pytest.mark.parametrize("entry", ["client", "lambda_handler"])
+async def test_fifo_rest_of_batch_stops_at_the_first_failure(
+    mc: msgcluster.Client, fifo_url: str, entry: str
+) -> None:
+    """Records: a0 a1 b2 a3 b4. With ``fifo_failure="rest_of_batch"`` (Powertools'
+    default) a1 fails and everything after it, b2 and b4 included, is reported
+    without running."""
+    filled = await fill(mc, fifo_url, "sqs_fifo_two_groups.json")
+    ran: list[int] = []
+
+    async def handle(record: ParsedRecord[Job]) -> None:
+        ran.append(record.body.n)
+        if record.body.n == 1:
+            raise RuntimeError("a1 breaks")
+
+    if entry == "client":
+        result = await mc.safe_process_batch(
+            filled.event, handle, body_type=Job, fifo_failure="rest_of_batch"
+        )
+    else:
+        app = msgcluster.App(mc.with_options())
+
+        @app.handler(Job)
+        async def job(body: Job) -> None:
+            ran.append(body.n)
+            if body.n == 1:
+                raise RuntimeError("a1 breaks")
+
+        from msgcluster.integrations.aws_lambda import lambda_handler
+
+        handler = lambda_handler(app, fifo_failure="rest_of_batch")
+        try:
+            result = await anyio.to_thread.run_sync(handler, filled.event)
+        finally:
+            await anyio.to_thread.run_sync(handler.close)
+    assert ran == [0, 1]
+    assert failures(result) == [filled.id(n) for n in (1, 2, 3, 4)]
+    with pytest.raises(msgcluster.ValidationError, match="fifo_failure"):
+        await mc.safe_process_batch(filled.event, handle, fifo_failure="sometimes")  # type: ignore[arg-type]
+
+
 async def test_fifo_detected_from_the_queue_arn_alone(mc: msgcluster.Client, fifo_url: str) -> None:
     """Without MessageGroupId attributes the ``.fifo`` ARN still makes the batch ordered."""
     filled = await fill(mc, fifo_url, "sqs_fifo_two_groups.json")

@@ -6,7 +6,7 @@ Its message-cluster methods are in :mod:`msgcluster._client_clusters`.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 import msgspec
 from aiobotocore.config import AioConfig
@@ -385,10 +385,14 @@ class Client(ClusterMethods):
         concurrency: int = 10,
         fifo: bool | None = None,
         body_type: Any = Any,
+        fifo_failure: Literal["rest_of_group", "rest_of_batch"] = "rest_of_group",
     ) -> dict[str, list[dict[str, str]]]:
         """Process a Lambda SQS event; returns ``{"batchItemFailures": [...]}``.
 
-        ``fifo=None`` detects FIFO from the event (queue ARN / group ids).
+        ``fifo=None`` detects FIFO from the event (queue ARN / group ids). On a
+        FIFO event a failure fails the rest of its group, or with
+        ``fifo_failure="rest_of_batch"`` everything after it (Powertools'
+        default), unprocessed.
         """
         return await _lambda.safe_process_batch(
             self.ctx,
@@ -397,6 +401,7 @@ class Client(ClusterMethods):
             concurrency=concurrency,
             fifo=fifo,
             body_type=body_type,
+            fifo_failure=fifo_failure,
         )
 
     # ------------------------------------------------------------------ records

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ConfigurationError
 from ..queues._contract import ReceivedMessage
 from ..read._incoming import MessageKind
-from ..runtime._safe_batch import safe_process_batch
+from ..runtime._safe_batch import FifoFailure, safe_process_batch
 from ..worker._context import MessageContext
 from ..worker._flow import Ack
 
@@ -56,9 +56,10 @@ class SqsLambdaHandler:
     ``close()`` closes both (Lambda never needs it; scripts and tests do).
     """
 
-    def __init__(self, app: App, concurrency: int) -> None:
+    def __init__(self, app: App, concurrency: int, fifo_failure: FifoFailure) -> None:
         self.app = app
         self.concurrency = concurrency
+        self.fifo_failure: FifoFailure = fifo_failure
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client: Client | None = None
         self.invocations = 0
@@ -102,6 +103,7 @@ class SqsLambdaHandler:
             self._process,
             concurrency=self.concurrency,
             body_type=self.app.body_type,
+            fifo_failure=self.fifo_failure,
         )
 
     async def _process(self, parsed: ParsedRecord[Any]) -> None:
@@ -132,7 +134,11 @@ def _received(message: SqsMessage) -> ReceivedMessage:
     )
 
 
-def lambda_handler(app: App, *, concurrency: int = 10) -> SqsLambdaHandler:
+def lambda_handler(
+    app: App, *, concurrency: int = 10, fifo_failure: FifoFailure = "rest_of_group"
+) -> SqsLambdaHandler:
     """A Lambda handler ``(event, context) -> {"batchItemFailures": [...]}`` for
-    ``app``; create it once at module level so warm invocations reuse it."""
-    return SqsLambdaHandler(app, concurrency)
+    ``app``; create it once at module level so warm invocations reuse it.
+    ``fifo_failure``: on a FIFO queue, a failure fails the rest of its group
+    (the default) or the rest of the batch (``"rest_of_batch"``)."""
+    return SqsLambdaHandler(app, concurrency, fifo_failure)

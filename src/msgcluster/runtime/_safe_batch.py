@@ -14,13 +14,19 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 
 from .._clusterkeys import TaskRef, cluster_id_of
 from .._dynamo import batch_write, key_attrs
-from .._errors import ClaimHeldError, ConfigurationError, MalformedEventError, MsgclusterError
+from .._errors import (
+    ClaimHeldError,
+    ConfigurationError,
+    MalformedEventError,
+    MsgclusterError,
+    ValidationError,
+)
 from ..clusters._callbacks import run_callback
 from ..clusters._group_commit import settle_together
 from ..read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
@@ -44,6 +50,8 @@ class _GroupBlocked(Exception):
 
 
 _NOT_FAILURES = (_GroupBlocked, ClaimHeldError)
+FifoFailure = Literal["rest_of_group", "rest_of_batch"]
+_FIFO_FAILURES: Final = ("rest_of_group", "rest_of_batch")
 
 
 class _Item:
@@ -105,15 +113,26 @@ async def safe_process_batch(
     concurrency: int = 10,
     fifo: bool | None = None,
     body_type: Any = Any,
+    fifo_failure: FifoFailure = "rest_of_group",
 ) -> dict[str, list[dict[str, str]]]:
     """Process a Lambda SQS event. ``ctx`` None (no Client): plain messages
-    only; a tracked or offloaded one then fails alone, saying why."""
+    only; a tracked or offloaded one then fails alone, saying why.
+
+    On a FIFO queue a failure fails what follows it, unprocessed: the rest of
+    its message group (``fifo_failure="rest_of_group"``, Powertools'
+    ``skip_group_on_error=True``), or the rest of the batch, processed in
+    order (``"rest_of_batch"``, Powertools' default)."""
+    if fifo_failure not in _FIFO_FAILURES:
+        raise ValidationError(
+            f"fifo_failure is 'rest_of_group' or 'rest_of_batch', got {fifo_failure!r:.40}"
+        )
     messages = _records_of(event)
     everything = [_read(ctx, message) for message in messages]
     items, copies = _first_deliveries(everything)
     done = await _already_done(ctx, items)
     batch = _Batch(ctx, process_record, body_type, concurrency)
-    await batch.run(items, fifo=_is_fifo(messages) if fifo is None else fifo)
+    is_fifo = _is_fifo(messages) if fifo is None else fifo
+    await batch.run(items, fifo=is_fifo, whole_batch=fifo_failure == "rest_of_batch")
     if ctx is not None:
         await _complete(ctx, [i for i in items if i.ok and i.key is not None and i.key not in done])
         # Neither a blocked FIFO message nor one claimed elsewhere failed here.
@@ -192,7 +211,10 @@ class _Batch:
         self.body_type = body_type
         self.limiter = anyio.CapacityLimiter(max(1, concurrency))
 
-    async def run(self, items: list[_Item], *, fifo: bool) -> None:
+    async def run(self, items: list[_Item], *, fifo: bool, whole_batch: bool = False) -> None:
+        if fifo and whole_batch:
+            await self._run_group(items)  # in order; the first failure fails the rest
+            return
         async with anyio.create_task_group() as tg:
             if fifo:
                 groups: dict[str, list[_Item]] = {}
