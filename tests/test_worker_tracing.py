@@ -11,8 +11,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import msgcluster
 from msgcluster.queues import open_queue
-from msgcluster.worker import App, Reject, Retry, Worker
+from msgcluster.worker import App, MessageContext, Reject, Retry, Worker
 
 
 class Job(msgspec.Struct):
@@ -79,3 +80,35 @@ async def test_a_span_per_handled_message(spans: InMemorySpanExporter) -> None:
             ("retried", "ERROR"),
         ]
     )
+
+
+async def test_the_consumer_span_links_to_the_senders(
+    spans: InMemorySpanExporter, mc: msgcluster.Client, queue_url: str
+) -> None:
+    """W3C trace context travels in the message's attributes (tracked messages
+    and cluster tasks); the CONSUMER span is linked to the span that sent it."""
+    spans.clear()
+    app = App(mc, queue=queue_url)
+    seen: list[dict[str, str]] = []
+
+    @app.handler(Job)
+    async def job(body: Job, ctx: MessageContext) -> None:
+        seen.append(ctx.attributes)
+
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("produce") as producer:
+        await app.send(Job(1))
+        await app.create_cluster([Job(2), Job(3)])
+    await app.send(Job(4))  # no active span: no trace context
+    await Worker(app, queue_url, burst=True, wait_seconds=1, handle_signals=False).run()
+    trace_id = producer.get_span_context().trace_id
+    consumers = [
+        s
+        for s in spans.get_finished_spans()
+        if (s.attributes or {}).get("msgcluster.body_type") == "Job"
+    ]
+    assert len(consumers) == 4  # (the cluster's completion event has a span of its own)
+    linked = [s for s in consumers if s.links]
+    assert len(linked) == 3
+    assert {link.context.trace_id for s in linked for link in s.links} == {trace_id}
+    assert sum("traceparent" in attributes for attributes in seen) == 3

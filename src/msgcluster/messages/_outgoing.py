@@ -25,6 +25,7 @@ from .._schemas import (
     StatusCode,
     new_message_key,
 )
+from .._trace_context import current_carrier
 from ..queues._checks import check_attribute, check_attribute_name, sqs_attribute
 from ..queues._contract import OutgoingMessage
 from ..queues._extended import EXTENDED_SIZE_ATTRIBUTE, pointer_body
@@ -196,6 +197,7 @@ def prepare(
         )
     body = encode_json(message.body, "body")
     attributes, attributes_size = _check_attributes(ctx, info, message.attributes)
+    attributes, attributes_size = _with_trace_context(info, attributes, attributes_size)
     ident, record_key = key or new_message_key()
     record = MessageRecord(
         pk=record_key.pk,
@@ -224,6 +226,21 @@ def prepare(
         dedup_id=(message.dedup_id or ident) if info.fifo else None,
         max_attributes=info.max_attributes,
     )
+
+
+def _with_trace_context(
+    info: QueueInfo, attributes: dict[str, Any], size: int
+) -> tuple[dict[str, Any], int]:
+    """The sender's trace context as attributes (if a span is active), unless the
+    message set its own or has no room left for them."""
+    carrier = current_carrier()
+    if not carrier or any(name in attributes for name in carrier):
+        return attributes, size
+    if len(attributes) + len(carrier) >= info.max_attributes:
+        return attributes, size  # the room is the user's (and offloading's) first
+    extra = {name: {"DataType": "String", "StringValue": value} for name, value in carrier.items()}
+    added = sum(len(name) + len("String") + len(value) for name, value in carrier.items())
+    return attributes | extra, size + added
 
 
 def _check_delivery(info: QueueInfo, message: OutgoingMessage) -> int:

@@ -19,6 +19,8 @@ try:
 except ImportError:  # the optional extra is not installed
     trace = None  # type: ignore[assignment]
 
+from .._trace_context import link_from
+
 __all__ = ["destination_of", "end_span", "process_span"]
 
 _SYSTEMS = {"sqs": "aws_sqs", "http": "aws_sqs", "https": "aws_sqs"}
@@ -44,6 +46,8 @@ def process_span(
     return _tracer.start_as_current_span(  # type: ignore[no-any-return]
         f"process {name}",
         kind=trace.SpanKind.CONSUMER,
+        # Linked to the sender's span (W3C trace context in its attributes).
+        links=link_from(message.attributes),
         attributes={
             "messaging.system": system,
             "messaging.destination.name": name,
