@@ -157,3 +157,19 @@ async def test_visibility_per_handler_outlasts_the_workers() -> None:
 def test_bad_policy_options_are_configuration_errors(options: dict[str, Any], needle: str) -> None:
     with pytest.raises(msgcluster.ConfigurationError, match=needle):
         App().handler(Resize, **options)
+
+
+async def test_a_worker_logs_progress(caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+
+    @app.handler(Resize)
+    async def slow(job: Resize) -> None:
+        await anyio.sleep(0.3)
+
+    async with open_queue(mem_uri()) as q:
+        await q.send([encode(Resize(n=n)) for n in range(4)])
+        with caplog.at_level("INFO", logger="msgcluster"):
+            await fast_worker(app, q, concurrency=1, progress_seconds=0.5).run()
+    progress = [r.getMessage() for r in caplog.records if "messages in" in r.getMessage()]
+    assert len(progress) >= 2  # at least one while running, and the summary at the end
+    assert any("/s (succeeded" in line for line in progress)

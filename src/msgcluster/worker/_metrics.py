@@ -68,8 +68,9 @@ class WorkerStats:
     def summary(self) -> str:
         wall = (self.stopped_at or time.monotonic()) - self.started
         parts = ", ".join(f"{o.value} {n}" for o, n in sorted(self.outcomes.items()))
+        rate = self.total / wall if wall > 0 else 0.0
         return (
-            f"{self.total} messages in {wall:.1f} s ({parts or 'none'}); "
+            f"{self.total} messages in {wall:.1f} s, {rate:.1f}/s ({parts or 'none'}); "
             f"max lag {self.max_lag:.1f} s"
         )
 

@@ -24,6 +24,7 @@ class WorkerOptions(msgspec.Struct, kw_only=True, frozen=True):
     backoff_base: Seconds
     backoff_max: Annotated[float, msgspec.Meta(ge=0, le=43_200)]
     grace_seconds: Seconds
+    progress_seconds: Seconds
 
 
 def check_options(**values: object) -> WorkerOptions:

@@ -113,6 +113,7 @@ async def run_app(app: App, options: RunOptions, settings: Settings | None = Non
                 visibility_timeout=options.visibility_timeout,
                 wait_seconds=options.wait_seconds,
                 grace_seconds=options.grace_seconds,
+                progress_seconds=0,  # the runner logs one line for all
                 handle_signals=False,
             )
             for uri in uris

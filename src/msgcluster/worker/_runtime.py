@@ -77,6 +77,7 @@ class Worker(SettleSteps):
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         grace_seconds: float = 30.0,
+        progress_seconds: float = 60.0,
         burst: bool = False,
         handle_signals: bool = True,
         metrics: WorkerMetrics | None = None,
@@ -92,6 +93,7 @@ class Worker(SettleSteps):
             backoff_base=backoff_base,
             backoff_max=backoff_max,
             grace_seconds=grace_seconds,
+            progress_seconds=progress_seconds,
         )
         app.check_ready()
         if isinstance(queue, str):
@@ -109,6 +111,8 @@ class Worker(SettleSteps):
         self.backoff_max = backoff_max
         self.grace_seconds = grace_seconds
         self.burst = burst
+        # A progress line every this many seconds (0: none; the runner logs its own).
+        self.progress_seconds = progress_seconds
         self.handle_signals = handle_signals
         self.metrics: WorkerMetrics = metrics or LoggingMetrics()
         self._init_state()
@@ -175,6 +179,8 @@ class Worker(SettleSteps):
             if self.handle_signals:
                 service.start_soon(self._watch_signals)
             service.start_soon(self._heartbeat)
+            if self.progress_seconds:
+                service.start_soon(self._progress)
             async with anyio.create_task_group() as batches:
                 async with anyio.create_task_group() as receiving:
                     for _ in range(self.receivers):
@@ -446,6 +452,14 @@ class Worker(SettleSteps):
                 entry = self._running.get(id(item))
                 if entry is not None and item not in failed:
                     self._running[id(item)] = (item, entry[1], now + seconds)
+
+    async def _progress(self) -> None:
+        """A progress line now and then: counts by outcome and the rate."""
+        while True:
+            await anyio.sleep(self.progress_seconds)
+            log.info(
+                "worker %s: %s", shown(self._queue.uri) if self._queue else "", self.stats.summary()
+            )
 
     async def _watch_signals(self) -> None:
         try:
