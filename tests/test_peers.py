@@ -6,6 +6,10 @@
   read them; and the Extended Client reads what msgcluster offloads.
 - Powertools' sample SQS events (``tests/events/powertools``): every record
   reaches the handler with the body Powertools' own ``BatchProcessor`` gives.
+- Celery (``benchmarks/bench_chord_peer.py``): the counting proxy the chord
+  benchmark measures with, and a 5-task chord run the way it runs one (kombu's
+  SQS transport, the DynamoDB result backend), so the benchmark cannot rot
+  unnoticed. On moto only: the benchmark runs there.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import boto3
 import msgspec
 import pytest
 from conftest import as_lambda_record, client_for, receive_all
+from emulators import EMULATOR
 from sqs_extended_client import SQSExtendedClientSession
 
 import msgcluster
+from benchmarks._countproxy import CountingProxy
+from benchmarks.bench_chord_peer import run_celery
 from msgcluster.integrations.aws_lambda import lambda_handler
 from msgcluster.local import LocalAWS
 from msgcluster.worker import App, Outcome, Worker
@@ -401,3 +409,46 @@ async def test_open_queue_offloads_in_the_extended_format_both_ways(
         assert message.body == theirs.encode()
         assert "ExtendedPayloadSize" not in message.attributes
         assert all(r.ok for r in await queue.ack(received))
+
+
+# --------------------------------------------------------------------------- Celery chord peer
+
+moto_only = pytest.mark.skipif(EMULATOR != "moto", reason="the chord benchmark runs on moto")
+
+
+@moto_only
+def test_counting_proxy_counts_requests_and_delivers_sends_twice(
+    local_aws: LocalAWS, names: dict[str, str]
+) -> None:
+    with CountingProxy(local_aws.endpoint_url) as proxy:
+        kwargs = {**local_aws.client_kwargs(), "endpoint_url": proxy.url}
+        sqs, ddb = boto3.client("sqs", **kwargs), boto3.client("dynamodb", **kwargs)
+        url = sqs.create_queue(QueueName=names["queue"])["QueueUrl"]
+        ddb.list_tables()
+        assert proxy.counts(reset=True) == {"sqs.CreateQueue": 1, "dynamodb.ListTables": 1}
+
+        proxy.duplicate_queues.add(names["queue"])
+        sqs.send_message(QueueUrl=url, MessageBody="one")
+        entries = [{"Id": str(i), "MessageBody": f"batch {i}"} for i in range(2)]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        bodies: list[str] = []
+        for _ in range(10):
+            response = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+            bodies += [m["Body"] for m in response.get("Messages", [])]
+            if len(bodies) >= 6:
+                break
+        assert sorted(bodies) == sorted(["one", "batch 0", "batch 1"] * 2)
+        counts = proxy.counts()
+        assert counts["sqs.SendMessage"] == counts["sqs.SendMessageBatch"] == 1  # as sent
+        assert proxy.injected() == {"sqs.SendMessage": 1, "sqs.SendMessageBatch": 1}
+
+
+@moto_only
+def test_celery_chord_peer_runs_its_callback_once(local_aws: LocalAWS) -> None:
+    """Five header tasks and one callback on kombu's SQS transport and the
+    DynamoDB backend, as the benchmark runs them (warm-up first)."""
+    with CountingProxy(local_aws.endpoint_url) as proxy:
+        run = run_celery(local_aws, proxy, 5, 2, False)
+    assert (run.runs, run.distinct, run.callbacks, run.callback_ok) == (5, 5, 1, True)
+    assert run.counts["dynamodb.UpdateItem"] == 5  # the chord counter, once per header task
+    assert run.counts["sqs.SendMessage"] == 6  # five header tasks and the callback
