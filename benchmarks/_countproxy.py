@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
