@@ -167,3 +167,42 @@ async def test_two_workers_with_duplicates_run_each_task_once(
                 await consume(one)
     assert runs == Counter(range(12))
     assert callbacks == [12]
+
+
+async def test_two_lambda_containers_with_the_same_event_run_each_handler_once(
+    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
+) -> None:
+    """The Lambda adapter: two warm containers (two handlers, each with its own
+    Client, claims on) get the same event at once."""
+    from msgcluster.integrations.aws_lambda import lambda_handler
+
+    await mc.send_message_batch(queue_url, [{"n": n} for n in range(4)])
+    event = await _event(mc, queue_url, 4)
+    runs: Counter[int] = Counter()
+
+    def container() -> Any:
+        app = App(client_for(local_aws, names, claim=True))
+
+        @app.handler(dict)
+        async def handle(body: dict[str, Any]) -> None:
+            runs[body["n"]] += 1
+            await anyio.sleep(0.5)
+
+        return lambda_handler(app)
+
+    handlers = [container(), container()]
+    results: list[dict[str, Any]] = []
+
+    async def invoke(handler: Any) -> None:
+        results.append(await anyio.to_thread.run_sync(handler, copy.deepcopy(event), None))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for handler in handlers:
+                tg.start_soon(invoke, handler)
+    finally:
+        for handler in handlers:
+            await anyio.to_thread.run_sync(handler.close)
+    assert runs == Counter(range(4))
+    # The other reported them held (or, had it come late, found them complete).
+    assert sorted(len(r["batchItemFailures"]) for r in results) in ([0, 4], [0, 0])
