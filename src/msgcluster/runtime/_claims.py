@@ -123,7 +123,7 @@ def _claim_update(ctx: Context, key: RecordKey, owner: str, now: int, until: int
         ),
         "ConditionExpression": (
             "attribute_exists(pk) AND #s IN (:pf, :ip) "
-            "AND (attribute_not_exists(claimUntil) OR claimUntil < :now)"
+            "AND (attribute_not_exists(claimUntil) OR claimUntil <= :now)"
         ),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {
