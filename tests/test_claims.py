@@ -11,6 +11,8 @@ from typing import Any
 import anyio
 import pytest
 from conftest import as_lambda_record, client_for, receive_all
+from faultproxy import FaultProxy, throttle
+from test_cluster_faults import DropApplied, cancel
 
 import msgcluster
 from msgcluster import App, ParsedRecord, Worker
@@ -206,3 +208,37 @@ async def test_two_lambda_containers_with_the_same_event_run_each_handler_once(
     assert runs == Counter(range(4))
     # The other reported them held (or, had it come late, found them complete).
     assert sorted(len(r["batchItemFailures"]) for r in results) in ([0, 4], [0, 0])
+
+
+def _claim_txn(request: Any) -> bool:
+    """A claim transaction (its items set claimUntil)."""
+    return request.operation == "TransactWriteItems" and "claimUntil" in str(request.json())
+
+
+async def test_claims_under_throttles_conflicts_and_lost_responses(
+    local_aws: LocalAWS,
+    names: dict[str, str],
+    mc: msgcluster.Client,
+    queue_url: str,
+    proxy: FaultProxy,
+) -> None:
+    """The claim transaction throttled, cancelled for TransactionConflict, and
+    applied with its answer lost (no botocore retries: msgcluster's own): every
+    handler still runs once, and nothing is reported held by ourselves."""
+    await mc.send_message_batch(queue_url, [{"n": n} for n in range(10)])
+    event = await _event(mc, queue_url, 10)
+    throttled = proxy.add_rule(_claim_txn, throttle(), times=2)
+    conflict = proxy.add_rule(_claim_txn, cancel("TransactionConflict"), times=1)
+    lost = DropApplied(limit=1)
+    proxy.add_rule(_claim_txn, lost)
+    runs: Counter[int] = Counter()
+
+    async def handle(record: ParsedRecord[Any]) -> None:
+        runs[record.body["n"]] += 1
+
+    async with client_for(
+        local_aws, names, endpoint_url=proxy.url, max_attempts=1, claim=True
+    ) as client:
+        assert await client.safe_process_batch(event, handle) == {"batchItemFailures": []}
+    assert runs == Counter(range(10))
+    assert (throttled.hits, conflict.hits, lost.dropped) == (2, 1, 1)

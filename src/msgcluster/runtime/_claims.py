@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any, Final
 from .._aws_errors import aws_errors
 from .._batching import Backoff, chunked
 from .._dynamo import key_attrs, n_attr
-from .._errors import MsgclusterError, ThrottledError, TransactionCanceledError
+from .._errors import (
+    AwsConnectionError,
+    MsgclusterError,
+    ThrottledError,
+    TransactionCanceledError,
+)
 from .._schemas import STATUS_CODES, RecordKey, Status
 from ._consume import MessageKind, _classify
 
@@ -97,14 +102,22 @@ async def _claim(
                 if (reason.get("Code") or "None") == "ConditionalCheckFailed"
             ]
             if failed:
+                mine = set()
                 for key, reason in failed:
-                    lease = reason.get("Item", {}).get("claimUntil", {}).get("N")
+                    item = reason.get("Item") or {}
+                    if item.get("claimOwner", {}).get("S") == owner:
+                        # Our own claim: an earlier attempt applied, its answer was lost.
+                        mine.add(key)
+                        continue
+                    lease = item.get("claimUntil", {}).get("N")
                     held[key] = int(lease) if lease is not None else until
-                todo = [key for key in todo if key not in held]
+                todo = [key for key in todo if key not in held and key not in mine]
                 continue  # the rest, without those
             if attempt >= backoff.attempts - 1:
                 raise MsgclusterError(f"could not claim {len(todo)} record(s): {exc}") from exc
-        except ThrottledError as exc:
+        except (ThrottledError, AwsConnectionError) as exc:
+            # Not applied, or (no answer) maybe applied: the retry's condition
+            # then fails on our own claim, which the owner check above accepts.
             if attempt >= backoff.attempts - 1:
                 raise MsgclusterError(f"could not claim {len(todo)} record(s): {exc}") from exc
         else:
