@@ -98,18 +98,27 @@ async def _uncount(ctx: Context, cid: str, shard: int, keys: list[RecordKey]) ->
         items.append({"Update": _reopen_shard(ctx, skey, record, len(keys))})
         if record.closed_at is not None:
             items.append({"Update": reopen_cluster(ctx, ckey, record, now)})
-        try:
-            with aws_errors(resource=ctx.table):
-                await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
-        except (TransactionCanceledError, ThrottledError) as exc:
-            if attempt >= backoff.attempts - 1:
-                raise ClusterError(
-                    f"could not reset the failed tasks of shard {shard} of cluster {cid}: {exc}",
-                    cluster_id=cid,
-                ) from exc
-            await backoff.sleep(attempt)
-            continue
-        return
+        if await apply_reset(ctx, items, cid, shard, backoff, attempt):
+            return
+
+
+async def apply_reset(
+    ctx: Context, items: list[dict[str, Any]], cid: str, shard: int, backoff: Backoff, attempt: int
+) -> bool:
+    """One try of a redrive transaction: True if it applied; False after backing
+    off (cancelled or throttled: read again and retry); raises on the last try."""
+    try:
+        with aws_errors(resource=ctx.table):
+            await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+    except (TransactionCanceledError, ThrottledError) as exc:
+        if attempt >= backoff.attempts - 1:
+            raise ClusterError(
+                f"could not reset the failed tasks of shard {shard} of cluster {cid}: {exc}",
+                cluster_id=cid,
+            ) from exc
+        await backoff.sleep(attempt)
+        return False
+    return True
 
 
 def reset_task(ctx: Context, key: RecordKey, now: str) -> dict[str, Any]:

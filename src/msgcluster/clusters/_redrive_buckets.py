@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._aws_errors import aws_errors
 from .._batching import Backoff
 from .._clusterkeys import BUCKET_SIZE, TaskRef, cluster_key, shard_key
 from .._context import iso_now
 from .._dynamo import get_consistent, key_attrs, n_attr
-from .._errors import ClusterError, ThrottledError, TransactionCanceledError
 from .._itemcodec import decode_item
 from .._schemas import RecordKey, ShardRecord
 
@@ -46,7 +44,7 @@ async def uncount_in_buckets(
 async def _uncount_bucket(
     ctx: Context, cid: str, shard: int, refs: list[TaskRef]
 ) -> set[RecordKey]:
-    from ._redrive import reopen_cluster, reset_task
+    from ._redrive import apply_reset, reopen_cluster, reset_task
 
     skey, ckey, bkey = shard_key(cid, shard), cluster_key(cid), refs[0].bucket_key
     backoff = Backoff(attempts=8)
@@ -72,18 +70,8 @@ async def _uncount_bucket(
                 items.append({"Update": reopen_cluster(ctx, ckey, record, now)})
         else:
             items.append({"Update": _still_open(ctx, skey, j, now)})
-        try:
-            with aws_errors(resource=ctx.table):
-                await ctx.ddb.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
-        except (TransactionCanceledError, ThrottledError) as exc:
-            if attempt >= backoff.attempts - 1:
-                raise ClusterError(
-                    f"could not reset the failed tasks of shard {shard} of cluster {cid}: {exc}",
-                    cluster_id=cid,
-                ) from exc
-            await backoff.sleep(attempt)
-            continue
-        return {ref.key for ref in todo}
+        if await apply_reset(ctx, items, cid, shard, backoff, attempt):
+            return {ref.key for ref in todo}
     return set()  # not reached: the last attempt raises
 
 
