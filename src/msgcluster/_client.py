@@ -18,6 +18,7 @@ from ._client_clusters import ClusterMethods
 from ._context import Context
 from ._errors import ConfigurationError
 from ._settings import RetryMode, Settings
+from .clusters import _lookups
 from .messages import _messages, _sending
 from .read import _records
 from .runtime import _consume
@@ -157,6 +158,7 @@ class Client(ClusterMethods):
             raise
         self._stack = stack
         self._ctx = Context(settings, sqs, ddb, s3)
+        self._ctx.lookups = _lookups.LOOKUPS
         self._ctx.cluster_callbacks = self._cluster_callbacks
         return self
 
@@ -407,12 +409,12 @@ class Client(ClusterMethods):
     # ------------------------------------------------------------------ records
 
     async def get_message_record(self, key: object, consistent_read: bool = False) -> MessageRecord:
-        return await _messages.get_message_record(self.ctx, key, consistent_read=consistent_read)
+        return await _lookups.get_message_record(self.ctx, key, consistent_read=consistent_read)
 
     async def get_message_records(
         self, keys: Iterable[object], consistent_read: bool = False
     ) -> list[MessageRecord | None]:
-        return await _messages.get_message_records(self.ctx, keys, consistent_read=consistent_read)
+        return await _lookups.get_message_records(self.ctx, keys, consistent_read=consistent_read)
 
     async def update_message_record(
         self,

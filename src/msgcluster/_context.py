@@ -72,6 +72,9 @@ class Context:
         # clusters._group_commit.GroupCommit, made on first use (it lives above
         # this layer): the counting of this Client's consumers, together.
         self.group_commit: Any = None
+        # read._records.RecordLookups: what a ParsedRecord's getters call. The
+        # Client sets clusters._lookups.LOOKUPS (the pipeline sits below it).
+        self.lookups: Any = None
         self.clock = time.time
 
     def expires_at(self) -> int:

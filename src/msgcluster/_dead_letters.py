@@ -19,7 +19,7 @@ import msgspec
 
 from ._errors import EnvelopeError, RecordError
 from ._schemas import Status
-from .messages import _messages
+from .clusters._lookups import get_message_records
 from .read import _records
 from .runtime import _consume
 
@@ -89,7 +89,7 @@ async def _reconcile_batch(ctx: Context, messages: Sequence[Any], report: DeadLe
     report.already_final += len(parsed) - len(pending)
     # A simple message recorded ERROR at its last receive is final already:
     # recording it again would only repeat its error entry.
-    records = await _messages.get_message_records(ctx, [r.key for r in pending])
+    records = await get_message_records(ctx, [r.key for r in pending])
     for record, stored in zip(pending, records, strict=True):
         if stored is not None and stored.status is Status.ERROR:
             report.already_final += 1

@@ -20,7 +20,6 @@ from .._schemas import (
     ErrorEntry,
     MessageRecord,
     RecordKey,
-    RecordType,
     Status,
 )
 from ..read._incoming import SqsMessage, classify, normalize
@@ -32,8 +31,8 @@ if TYPE_CHECKING:
     from .._context import Context
 
 __all__ = [
-    "get_message_record",
-    "get_message_records",
+    "read_record",
+    "read_records",
     "mark_complete",
     "mark_failed",
     "update_message_record",
@@ -62,9 +61,9 @@ def record_key(record: object) -> tuple[RecordKey | None, SqsMessage | None]:
     return incoming.key, incoming.message
 
 
-async def get_message_record(
-    ctx: Context, key: object, *, consistent_read: bool = False
-) -> MessageRecord:
+async def read_record(ctx: Context, key: object, *, consistent_read: bool = False) -> MessageRecord:
+    """The stored record (a layout-2 task's status is its bucket's: see
+    ``clusters._lookups.get_message_record``)."""
     record_key_ = RecordKey.of(key)
     with aws_errors(resource=ctx.table):
         response = await ctx.ddb.get_item(
@@ -77,32 +76,20 @@ async def get_message_record(
         raise RecordNotFoundError(
             f"no record for {record_key_.pk} (completed and removed, expired, or never sent)"
         )
-    record = decode_item(item, MessageRecord)  # type: ignore[arg-type]
-    if record.type is RecordType.TASK:
-        (record,) = await _task_statuses(ctx, [record], consistent_read)  # type: ignore[assignment]
-    return record
+    return decode_item(item, MessageRecord)  # type: ignore[arg-type]
 
 
-async def _task_statuses(
-    ctx: Context, records: list[MessageRecord | None], consistent_read: bool
-) -> list[MessageRecord | None]:
-    # Layout-2 cluster tasks are counted in their bucket, not on their record.
-    from ..clusters._buckets import with_bucket_status
-
-    return await with_bucket_status(ctx, records, consistent_read=consistent_read)
-
-
-async def get_message_records(
+async def read_records(
     ctx: Context, keys: Iterable[object], *, consistent_read: bool = False
 ) -> list[MessageRecord | None]:
-    """Records in the order of ``keys``; ``None`` where no record exists."""
+    """Stored records in the order of ``keys``; ``None`` where no record exists."""
     wanted = [RecordKey.of(key) for key in keys]
     found = await batch_get(ctx, [(k.pk, k.rk) for k in wanted], consistent_read=consistent_read)
     out: list[MessageRecord | None] = []
     for key in wanted:
         item = found.get((key.pk, key.rk))
         out.append(decode_item(item, MessageRecord) if item is not None else None)
-    return await _task_statuses(ctx, out, consistent_read)
+    return out
 
 
 async def update_message_record(

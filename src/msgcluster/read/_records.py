@@ -5,12 +5,12 @@ msgcluster's parsed view in one object, built by the read pipeline
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
 from .._clusterkeys import TaskRef
-from .._errors import PayloadNotLoadedError, RecordNotFoundError
+from .._errors import ConfigurationError, PayloadNotLoadedError, RecordNotFoundError
 from .._schemas import (
     NO_BODY,
     MessageEnvelope,
@@ -172,41 +172,31 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
         ctx = self._require_ctx()
 
         async def get_message_cluster(consistent_read: bool = False) -> ClusterView:
-            from ..clusters._callbacks import ClusterView, globals_getter
-            from ..clusters._clusters import get_message_cluster as fetch_cluster
-
-            record = await fetch_cluster(ctx, key, consistent_read=consistent_read)
-            return ClusterView(record, globals_getter(ctx, record))
+            return await _lookups(ctx).cluster_view(ctx, key, consistent_read)
 
         return get_message_cluster
 
     async def get_globals(self, type: Any = Any) -> Any:
         """A task's cluster globals, read straight from S3 (no DynamoDB read)."""
-        from ..clusters._globals import get_globals
-
         pointer = self.globals_pointer
         if pointer is None:
             if self.cluster_key is None:
                 return None
             view = await self.get_message_cluster()  # type: ignore[misc]
             return await view.get_globals(type)
-        return await get_globals(self._require_ctx(), pointer, type)
+        ctx = self._require_ctx()
+        return await _lookups(ctx).globals(ctx, pointer, type)
 
     async def get_message_record(self, consistent_read: bool = False) -> MessageRecord:
-        from ..messages._messages import get_message_record
-
         if self.key is None:
             raise RecordNotFoundError(
                 f"message {self.id} was not sent by msgcluster: it has no record"
             )
-        return await get_message_record(
-            self._require_ctx(), self.key, consistent_read=consistent_read
-        )
+        ctx = self._require_ctx()
+        return await _lookups(ctx).message_record(ctx, self.key, consistent_read)
 
     def _require_ctx(self) -> Context:
         if self._ctx is None:
-            from .._errors import ConfigurationError
-
             raise ConfigurationError(
                 f"message {self.id} was read without a Client: give the App a client"
             )
@@ -214,6 +204,25 @@ class ParsedRecord(Mapping[str, Any], Generic[B]):
 
     def __repr__(self) -> str:
         return f"ParsedRecord(id={self.id!r}, kind={self.kind.value!r}, pk={self.pk!r})"
+
+
+class RecordLookups(Protocol):
+    """What a ParsedRecord's getters need from the layers above the pipeline
+    (tracked messages and clusters); the Client puts one on its context."""
+
+    async def message_record(
+        self, ctx: Context, key: RecordKey, consistent_read: bool
+    ) -> MessageRecord: ...
+
+    async def cluster_view(
+        self, ctx: Context, key: RecordKey, consistent_read: bool
+    ) -> ClusterView: ...
+
+    async def globals(self, ctx: Context, pointer: S3Pointer, type: Any) -> Any: ...
+
+
+def _lookups(ctx: Context) -> RecordLookups:
+    return ctx.lookups  # type: ignore[no-any-return]
 
 
 def _poison(incoming: Incoming) -> None:

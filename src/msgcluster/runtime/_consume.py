@@ -31,6 +31,7 @@ from .._schemas import (
 from ..clusters._buckets import bucket_status, note_layout, repair_bucket
 from ..clusters._fanin import repair, settle_tasks
 from ..clusters._group_commit import settle_together
+from ..clusters._lookups import get_message_record
 from ..messages import _messages
 from ..queues import _extended
 from ..read._incoming import MessageKind, kind_of
@@ -250,6 +251,6 @@ async def mark_failed(
     ref = TaskRef(key)
     await settle_tasks(ctx, [ref], outcome=Status.ERROR, extra={key: extra})
     try:
-        return await _messages.get_message_record(ctx, key, consistent_read=True)
+        return await get_message_record(ctx, key, consistent_read=True)
     except Exception:
         return None
