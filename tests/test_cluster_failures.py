@@ -25,7 +25,14 @@ from msgcluster import (
     StatusCode,
     _clusterkeys,
 )
-from msgcluster.clusters import _buckets, _callbacks, _cluster_create, _clusters, _fanin
+from msgcluster.clusters import (
+    _buckets,
+    _callbacks,
+    _closing,
+    _cluster_create,
+    _clusters,
+    _fanin,
+)
 from msgcluster.local import LocalAWS
 
 # Every test runs on both fan-in layouts (new clusters; clusters of earlier versions).
@@ -102,9 +109,9 @@ async def drain(
 
 COMPLETION_CRASHES = [
     pytest.param(_fanin, "repair", False, id="counted-not-closed"),
-    pytest.param(_fanin, "maybe_flip", False, id="closed-not-flipped"),
-    pytest.param(_fanin, "send_event", False, id="flipped-no-event"),
-    pytest.param(_fanin, "send_event", True, id="event-sent-not-acked"),
+    pytest.param(_closing, "maybe_flip", False, id="closed-not-flipped"),
+    pytest.param(_closing, "send_event", False, id="flipped-no-event"),
+    pytest.param(_closing, "send_event", True, id="event-sent-not-acked"),
     pytest.param(_callbacks, "_release", False, id="callback-claimed-then-died"),
 ]
 

@@ -13,7 +13,7 @@ of task indexes: ``ok`` (completed) and ``bad`` (failed for good).
   sees it full closes it on its shard with one conditional write:
   ``ADD pending -cap, done |ok|, failedCount |bad|, buckets {j}`` if
   ``NOT contains(buckets, j)``, so a bucket is closed once. From there the
-  shard and the cluster close as in layout 1 (``_fanin.close_shard``).
+  shard and the cluster close as in layout 1 (``_closing.close_shard``).
 - Task records are written once, at creation, and not on success: a task's
   status is read from its bucket (:func:`bucket_status`). A failed task's
   record gets its error and message (for redrive), as in layout 1.
@@ -48,13 +48,12 @@ from .._schemas import (
     Status,
     StatusCode,
 )
+from ._closing import SettleResult, close_shard, repair
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from .._context import Context
-    from ._fanin import SettleResult
-
 __all__ = [
     "BUCKETED",
     "bucket_counts",
@@ -216,8 +215,6 @@ async def _close_bucket(
     ctx: Context, ref: TaskRef, done: int, failed: int, result: SettleResult
 ) -> None:
     """Add a full bucket's counts to its shard, once; close the shard if it empties."""
-    from ._fanin import close_shard, repair
-
     key = shard_key(ref.cluster_id, ref.shard)
     result.maybe_done.add(ref.cluster_id)
     backoff = Backoff(attempts=12, cap=2.0)
@@ -261,8 +258,6 @@ async def _close_bucket(
 async def cap_last_bucket(ctx: Context, cid: str, shard: int, count: int) -> None:
     """A sealed block of ``count`` tasks whose last bucket is partial: write its
     size there, and close it if consumers already filled it."""
-    from ._fanin import SettleResult
-
     size = count % BUCKET_SIZE
     if not size:
         return
@@ -286,8 +281,6 @@ async def cap_last_bucket(ctx: Context, cid: str, shard: int, count: int) -> Non
 async def repair_bucket(ctx: Context, ref: TaskRef, item: Mapping[str, Any] | None) -> None:
     """A task found counted: close its bucket if it is full (a consumer may have
     died between counting and closing), else nothing."""
-    from ._fanin import SettleResult
-
     done, failed = bucket_counts(item)
     if item is not None and done + failed >= _cap(item):
         await _close_bucket(ctx, ref, done, failed, SettleResult())

@@ -60,7 +60,7 @@ from ..queues import _extended
 from ..queues._contract import OutgoingMessage
 from ._buckets import BUCKETED, cap_last_bucket, note_layout
 from ._callbacks import check_callback_name
-from ._fanin import close_shard, maybe_flip
+from ._closing import close_shard, maybe_flip
 
 if TYPE_CHECKING:
     from .._context import Context, QueueInfo
@@ -123,6 +123,29 @@ def _check_args(
     return cluster_id
 
 
+def _meta_bytes(ctx: Context, meta: Any) -> bytes:
+    meta_bytes = encode_json(meta, "meta")
+    if len(meta_bytes) > ctx.settings.max_meta_bytes:
+        raise MetaTooLargeError(
+            f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
+        )
+    return meta_bytes
+
+
+async def _existing(ctx: Context, cid: str, url: str) -> tuple[dict[str, Any] | None, bool]:
+    """A resumed creation's cluster item (None if new) and whether it was sealed."""
+    existing = await _get(ctx, cluster_key(cid))
+    if existing is None:
+        return None, False
+    record = decode_item(existing, MessageClusterRecord)
+    if record.url != url:
+        raise ValidationError(
+            f"cluster {cid} exists for queue {record.url}, not {url}; a resume must use "
+            "the same queue"
+        )
+    return existing, record.sealed
+
+
 async def create_message_cluster(
     ctx: Context,
     url: str,
@@ -143,23 +166,12 @@ async def create_message_cluster(
     info = await ctx.queue_info(url)
     if completion_queue_url is not None:
         await ctx.queue_info(completion_queue_url)
-    meta_bytes = encode_json(meta, "meta")
-    if len(meta_bytes) > ctx.settings.max_meta_bytes:
-        raise MetaTooLargeError(
-            f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
-        )
+    meta_bytes = _meta_bytes(ctx, meta)
     ckey = cluster_key(cid)
-    existing = await _get(ctx, ckey) if cluster_id is not None else None
-    if existing is not None:
-        record = decode_item(existing, MessageClusterRecord)
-        if record.url != url:
-            raise ValidationError(
-                f"cluster {cid} exists for queue {record.url}, not {url}; a resume must use "
-                "the same queue"
-            )
-        if record.sealed:
-            await maybe_flip(ctx, cid)
-            return ckey
+    existing, sealed = await _existing(ctx, cid, url) if cluster_id is not None else (None, False)
+    if sealed:
+        await maybe_flip(ctx, cid)
+        return ckey
     pointer = None
     if not omit_globals:
         from ._globals import create_globals

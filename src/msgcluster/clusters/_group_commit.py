@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._fanin import SettleResult, settle_tasks
+from ._closing import SettleResult
+from ._fanin import settle_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

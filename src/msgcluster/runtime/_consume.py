@@ -29,7 +29,8 @@ from .._schemas import (
     StatusCode,
 )
 from ..clusters._buckets import bucket_status, note_layout, repair_bucket
-from ..clusters._fanin import repair, settle_tasks
+from ..clusters._closing import repair
+from ..clusters._fanin import settle_tasks
 from ..clusters._group_commit import settle_together
 from ..clusters._lookups import get_message_record
 from ..messages import _messages
