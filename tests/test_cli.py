@@ -263,7 +263,7 @@ def test_queue_options_region_and_endpoint() -> None:
 
     from msgcluster._settings import Settings
     from msgcluster.cli._common import Invocation
-    from msgcluster.cli._queue_cmds import queue_options
+    from msgcluster.cli._opening import queue_options
     from msgcluster.cli._render import Output
     from msgcluster.queues._uri import parse_queue_uri
 

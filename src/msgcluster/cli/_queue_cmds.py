@@ -9,27 +9,23 @@ by-id commands say they are unsupported (exit code 2). ``receive`` and
 
 from __future__ import annotations
 
-import contextlib
-import re
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ..queues import OutgoingMessage, QueueURI, open_queue
+from ..queues import OutgoingMessage
 from ..queues._admin import MessageInfo, QueueAdmin, QueueStats
-from ..queues._sqs import SqsQueue
-from ..queues._uri import parse_queue_uri
 from . import _sqs_admin as sqs_admin
 from ._common import (
     EXIT_OK,
     CliError,
     Invocation,
     NotFound,
-    Unsupported,
     positive,
     seconds,
 )
+from ._opening import admin, driver_of, opened, sqs_only
 from ._redrive import redrive
 from ._render import body_text, iso_time
 
@@ -41,92 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-# Schemes whose backends take `endpoint` and `region` query parameters.
-_AWS_SCHEMES: Final = frozenset({"sqs", "http", "https", "dynamodb"})
-_SQS_SCHEMES: Final = frozenset({"sqs", "http", "https"})
-# https://sqs.<region>.amazonaws.com/<account>/<name> (or the legacy <region>.queue.…)
-_SQS_URL_REGION: Final = re.compile(
-    r"(?:sqs\.)?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\."
-)
 _BODY_COLUMN: Final = 60
 # How long a message received by `receive` (or `redrive --all` on SQS) stays
 # hidden from other consumers while the command works on it.
 _HOLD_SECONDS: Final = 60
-
-
-# --------------------------------------------------------------------------- opening
-
-
-def queue_options(uri: QueueURI, inv: Invocation) -> dict[str, Any]:
-    """``endpoint``/``region`` from the global options, unless the URI has its own.
-
-    An AWS SQS queue URL names its region: that one is used.
-    """
-    if uri.scheme not in _AWS_SCHEMES:
-        return {}
-    settings, options = inv.settings, {}
-    endpoint = settings.endpoint_for("dynamodb" if uri.scheme == "dynamodb" else "sqs")
-    if endpoint and "endpoint" not in uri.params:
-        options["endpoint"] = endpoint
-    if "region" not in uri.params:
-        in_url = _SQS_URL_REGION.match(uri.location) if uri.scheme in ("http", "https") else None
-        region = in_url.group(1) if in_url else settings.region
-        if region:  # else the backend's default (profile, then us-east-1)
-            options["region"] = region
-    return options
-
-
-@contextlib.asynccontextmanager
-async def opened(
-    inv: Invocation, *, by_id: str | None = None, read_only: bool = False
-) -> AsyncIterator[Queue]:
-    """The queue of ``inv.args.queue``, closed on exit.
-
-    ``by_id`` names a command that addresses messages by id: on sqs:// it is
-    refused before any AWS request. ``read_only`` commands never create
-    state: a dynamodb:// queue that does not exist is an error, not made.
-    """
-    uri = parse_queue_uri(inv.args.queue)
-    if by_id is not None and uri.scheme in _SQS_SCHEMES:
-        raise unsupported(uri.uri, by_id)
-    options = queue_options(uri, inv)
-    if read_only and uri.scheme == "dynamodb":
-        options["create"] = False
-    async with open_queue(uri.uri, **options) as queue:
-        yield queue
-
-
-def driver_of(queue: Queue) -> Any:
-    """The backend's own handle under the portable queue (admin operations)."""
-    return getattr(queue, "driver", queue)
-
-
-def admin(queue: Queue, command: str) -> QueueAdmin:
-    """The queue as a QueueAdmin, or Unsupported naming what to use instead."""
-    driver = driver_of(queue)
-    if isinstance(driver, QueueAdmin):
-        return driver
-    raise unsupported(queue.uri, command)
-
-
-def sqs_only(queue: Queue, command: str) -> SqsQueue:
-    """An sqs:// queue (for what SQS's own API can do), or Unsupported."""
-    driver = driver_of(queue)
-    if isinstance(driver, SqsQueue):
-        return driver
-    raise unsupported(queue.uri, command)
-
-
-def unsupported(uri: str, command: str) -> Unsupported:
-    scheme = parse_queue_uri(uri).scheme
-    if scheme in _SQS_SCHEMES:
-        why = "SQS cannot address a message by id"
-        if command == "ls":
-            why = "SQS cannot list messages without receiving them; `receive` shows some"
-        return Unsupported(f"`{command}` is not supported by sqs:// ({why}); use dynamodb://")
-    return Unsupported(
-        f"`{command}` is not supported by {scheme}:// (its backend does not implement QueueAdmin)"
-    )
 
 
 # --------------------------------------------------------------------------- documents

@@ -18,6 +18,7 @@ from ..queues._admin import QueueAdmin
 from ..read._incoming import MessageKind, SqsMessage, classify
 from . import _sqs_admin as sqs_admin
 from ._common import EXIT_OK, CliError, Invocation, NotFound, UsageError
+from ._opening import admin, driver_of, opened, sqs_only, unsupported
 
 __all__ = ["cluster_of", "redrive"]
 
@@ -42,8 +43,6 @@ def cluster_of(message_id: str, body: str | bytes, attributes: dict[str, Any]) -
 
 
 async def redrive(inv: Invocation) -> int:
-    from ._queue_cmds import admin, driver_of, opened, sqs_only, unsupported
-
     message_id: str | None = inv.args.id
     if (message_id is None) == (not inv.args.all):
         raise UsageError("redrive takes a message id or --all (not both)")

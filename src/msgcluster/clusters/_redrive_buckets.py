@@ -19,6 +19,7 @@ from .._context import iso_now
 from .._dynamo import get_consistent, key_attrs, n_attr
 from .._itemcodec import decode_item
 from .._schemas import RecordKey, ShardRecord
+from ._redrive_records import apply_reset, reopen_cluster, reset_task
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -44,8 +45,6 @@ async def uncount_in_buckets(
 async def _uncount_bucket(
     ctx: Context, cid: str, shard: int, refs: list[TaskRef]
 ) -> set[RecordKey]:
-    from ._redrive import apply_reset, reopen_cluster, reset_task
-
     skey, ckey, bkey = shard_key(cid, shard), cluster_key(cid), refs[0].bucket_key
     backoff = Backoff(attempts=8)
     for attempt in range(backoff.attempts):

@@ -33,6 +33,7 @@ from .._schemas import (
     S3Pointer,
     TaskEnvelope,
 )
+from ..queues._contract import ReceivedMessage
 from ..queues._extended import fetch, parse_pointer, payload_record_key
 
 if TYPE_CHECKING:
@@ -149,12 +150,9 @@ def normalize(record: object) -> SqsMessage:
     ReceivedMessage, a ParsedRecord or an SqsMessage."""
     if isinstance(record, SqsMessage):
         return record
-    from ..queues._contract import ReceivedMessage
-    from ._records import ParsedRecord
-
-    if isinstance(record, ParsedRecord):
-        return record.message
-
+    carried = getattr(record, "message", None)
+    if isinstance(carried, SqsMessage):  # a ParsedRecord: read already
+        return carried
     if isinstance(record, ReceivedMessage):
         return from_received(record)
     if not isinstance(record, Mapping):
