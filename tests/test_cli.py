@@ -252,10 +252,10 @@ def test_usage_errors_in_process(
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["qstat", "sqs://jobs?bogus=1", "--debug"]) == 2
+    assert main(["qstat", "sqs://jobs?regoin=1", "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
-    assert err.splitlines()[-1].startswith("msgcluster: error: unknown query parameter 'bogus'")
+    assert err.splitlines()[-1].startswith("msgcluster: error: unknown query parameter 'regoin'")
 
 
 def test_queue_options_region_and_endpoint() -> None:

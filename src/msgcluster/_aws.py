@@ -10,21 +10,23 @@ host, and never credentials (they would reach request bodies and DEBUG logs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiobotocore.config import AioConfig
 from botocore.exceptions import EndpointConnectionError
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from . import _redaction
 from ._aws_errors import aws_errors
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
     from contextlib import AsyncExitStack
 
 __all__ = [
@@ -59,7 +61,7 @@ def check_endpoint(url: object, what: str = "endpoint_url") -> str:
     """
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"{what} must be an http(s) URL such as http://localhost:4566")
-    if "@" in url:
+    if "@" in unquote(url):
         raise ConfigurationError(
             f"{what} must not carry credentials (user:password@): remove them and configure "
             "credentials the usual way (environment, profile, role)"
@@ -75,6 +77,12 @@ def check_endpoint(url: object, what: str = "endpoint_url") -> str:
         )
     if parts.query or parts.fragment or (port is not None and not 0 < port < 65536):
         raise ConfigurationError(f"{what} takes no query, fragment or out-of-range port")
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        # botocore's own test: what it would refuse later with a bare ValueError.
+        raise ConfigurationError(
+            f"{what} has a host botocore refuses: use letters, digits, '-' and '.', "
+            "an IPv4 address or an [IPv6] address"
+        )
     return url
 
 
@@ -134,7 +142,7 @@ async def open_client(
     kwargs: dict[str, Any] = {"region_name": region, "config": config, **(credentials or {})}
     if endpoint is not None:
         kwargs["endpoint_url"] = endpoint
-    with aws_errors():  # botocore's configuration errors, typed with a hint
+    with aws_errors(), _endpoint_refused(service):  # configuration errors, typed with a hint
         if service == "s3":
             if endpoint is not None:
                 custom = not _is_aws_host(endpoint)
@@ -147,6 +155,19 @@ async def open_client(
         client = await stack.enter_async_context(session.create_client(service, **kwargs))
     _RetryHook.install(client)
     return client
+
+
+@contextlib.contextmanager
+def _endpoint_refused(service: str) -> Iterator[None]:
+    # An endpoint botocore resolved itself (config file ``services`` section)
+    # and refuses: its ValueError would repeat the URL.
+    try:
+        yield
+    except ValueError:
+        raise ConfigurationError(
+            f"the endpoint configured for {service} (AWS config file or environment) is not "
+            "a valid URL: fix it, or pass endpoint_url="
+        ) from None
 
 
 def _is_aws_host(url: str) -> bool:

@@ -39,11 +39,11 @@ from .._dynamo import batch_get, batch_write, get_consistent, key_attrs
 from .._errors import (
     ClusterCreateError,
     ConditionFailedError,
-    MetaTooLargeError,
     MsgclusterError,
     ValidationError,
 )
 from .._itemcodec import decode_item, encode_item
+from .._json import encode_meta
 from .._schemas import (
     MessageClusterRecord,
     RecordKey,
@@ -54,7 +54,7 @@ from .._schemas import (
     StatusCode,
     TaskEnvelope,
 )
-from ..messages._outgoing import Prepared, encode_json, needs_offload, prepare
+from ..messages._outgoing import Prepared, needs_offload, prepare
 from ..messages._sending import send_entries
 from ..queues import _extended
 from ..queues._contract import OutgoingMessage
@@ -123,15 +123,6 @@ def _check_args(
     return cluster_id
 
 
-def _meta_bytes(ctx: Context, meta: Any) -> bytes:
-    meta_bytes = encode_json(meta, "meta")
-    if len(meta_bytes) > ctx.settings.max_meta_bytes:
-        raise MetaTooLargeError(
-            f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
-        )
-    return meta_bytes
-
-
 async def _existing(ctx: Context, cid: str, url: str) -> tuple[dict[str, Any] | None, bool]:
     """A resumed creation's cluster item (None if new) and whether it was sealed."""
     existing = await _get(ctx, cluster_key(cid))
@@ -166,7 +157,7 @@ async def create_message_cluster(
     info = await ctx.queue_info(url)
     if completion_queue_url is not None:
         await ctx.queue_info(completion_queue_url)
-    meta_bytes = _meta_bytes(ctx, meta)
+    meta_bytes = encode_meta(meta, ctx.settings.max_meta_bytes)
     ckey = cluster_key(cid)
     existing, sealed = await _existing(ctx, cid, url) if cluster_id is not None else (None, False)
     if sealed:

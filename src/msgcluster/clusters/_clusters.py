@@ -27,11 +27,11 @@ from .._dynamo import batch_get, key_attrs
 from .._errors import (
     ClusterError,
     ConditionFailedError,
-    MetaTooLargeError,
     RecordNotFoundError,
     ValidationError,
 )
 from .._itemcodec import decode_item, to_attr
+from .._json import encode_meta
 from .._schemas import (
     CANCELLED,
     STATUS_CODES,
@@ -43,7 +43,6 @@ from .._schemas import (
     StatusCode,
     parse_cluster_status,
 )
-from ..messages._outgoing import encode_json
 from ..read._records import ParsedRecord
 from ._buckets import BUCKETED, bucket_counts, bucket_status, shard_bucket_items
 from ._callbacks import ClusterCallback, run_callback
@@ -288,11 +287,7 @@ async def update_message_cluster(
     values: dict[str, Any] = {":now": {"S": iso_now()}}
     sets = ["#u = :now"]
     if meta is not _UNSET:
-        meta_bytes = encode_json(meta, "meta")
-        if len(meta_bytes) > ctx.settings.max_meta_bytes:
-            raise MetaTooLargeError(
-                f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
-            )
+        meta_bytes = encode_meta(meta, ctx.settings.max_meta_bytes)
         names["#m"] = "meta"
         values[":m"] = to_attr(msgspec.json.decode(meta_bytes))
         sets.append("#m = :m")

@@ -37,6 +37,7 @@ import msgspec
 from .._aws_errors import aws_errors
 from .._batching import Backoff
 from .._errors import AwsError, GlobalsConflictError, ObjectNotFoundError, ValidationError
+from .._json import encode_json
 from .._schemas import KEY_PREFIX, S3Pointer
 
 if TYPE_CHECKING:
@@ -241,14 +242,7 @@ def _is_write_conflict(exc: AwsError) -> bool:
 
 
 def _encode(value: Any, pointer: S3Pointer) -> bytes:
-    try:
-        return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise ValidationError(
-            f"cluster globals ({_where(pointer)}) must be JSON-encodable by msgspec "
-            f"(dicts, lists, str, int, float, bool, None, msgspec Structs, dataclasses, ...): "
-            f"{exc}"
-        ) from exc
+    return encode_json(value, f"cluster globals ({_where(pointer)})")
 
 
 @functools.lru_cache(maxsize=256)

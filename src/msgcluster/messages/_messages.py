@@ -13,8 +13,9 @@ import msgspec
 from .._aws_errors import aws_errors
 from .._context import iso_now
 from .._dynamo import batch_get, key_attrs
-from .._errors import ConditionFailedError, MetaTooLargeError, MsgclusterError, RecordNotFoundError
+from .._errors import ConditionFailedError, MsgclusterError, RecordNotFoundError
 from .._itemcodec import decode_item, from_attr, to_attr
+from .._json import encode_meta
 from .._schemas import (
     STATUS_CODES,
     ErrorEntry,
@@ -149,11 +150,7 @@ async def update_message_record(
 
 
 def _meta_attr(ctx: Context, meta: Any) -> dict[str, Any]:
-    meta_bytes = msgspec.json.encode(meta)
-    if len(meta_bytes) > ctx.settings.max_meta_bytes:
-        raise MetaTooLargeError(
-            f"meta is {len(meta_bytes):,} bytes; the limit is {ctx.settings.max_meta_bytes:,}"
-        )
+    meta_bytes = encode_meta(meta, ctx.settings.max_meta_bytes)
     return to_attr(msgspec.json.decode(meta_bytes))
 
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .._errors import MessageTooLargeError, MetaTooLargeError, ValidationError
+from .._errors import MessageTooLargeError, ValidationError
 from .._itemcodec import encode_item
+from .._json import encode_json, encode_meta
 from .._schemas import (
     MessageEnvelope,
     MessageRecord,
@@ -162,13 +163,6 @@ def encode_attributes(attributes: Mapping[str, Any] | None) -> tuple[dict[str, A
     return out, size
 
 
-def encode_json(value: Any, what: str) -> bytes:
-    try:
-        return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(f"{what} cannot be encoded as JSON: {exc}") from exc
-
-
 def prepare(
     ctx: Context,
     info: QueueInfo,
@@ -189,12 +183,7 @@ def prepare(
     """
     settings = ctx.settings
     delay = _check_delivery(info, message)
-    meta_bytes = encode_json(message.meta, "meta")
-    if len(meta_bytes) > settings.max_meta_bytes:
-        raise MetaTooLargeError(
-            f"meta is {len(meta_bytes):,} bytes encoded; the limit is {settings.max_meta_bytes:,} "
-            "(meta lives on the DynamoDB record; put large data in the body)"
-        )
+    meta_bytes = encode_meta(message.meta, settings.max_meta_bytes)
     body = encode_json(message.body, "body")
     attributes, attributes_size = _check_attributes(ctx, info, message.attributes)
     attributes, attributes_size = _with_trace_context(info, attributes, attributes_size)

@@ -48,7 +48,7 @@ from ._dynamodb_keys import QueueMeta, Receipt, decode_receipt, meta_key
 from ._dynamodb_provision import provision_dynamodb_queue_table
 from ._dynamodb_store import DynamoStore
 from ._handle import QueueHandle
-from ._uri import Param, boolean, endpoint, integer, number, read_params, text
+from ._uri import Param, aws_client, boolean, endpoint, integer, number, read_params, session, text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,10 +63,6 @@ DEFAULT_MAX_RECEIVES = 5  # finite: a poison message ends in the DLQ, not in a l
 MAX_BODY_BYTES = 262_144  # an item is at most 400 KB; this leaves room for the rest
 _TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _QUEUE = re.compile(r"[A-Za-z0-9_.-]{1,80}")
-
-
-def _any(value: object) -> object:
-    return value
 
 
 def _queue_name(value: object) -> str:
@@ -94,8 +90,8 @@ PARAMS: dict[str, Param[Any]] = {
     "provision": Param(boolean),
     # create=false: open only a queue that exists (read-only tools never write).
     "create": Param(boolean),
-    "client": Param(_any, query=False),
-    "session": Param(_any, query=False),
+    "client": Param(aws_client("transact_write_items"), query=False),
+    "session": Param(session, query=False),
 }
 
 
@@ -105,7 +101,7 @@ async def open_dynamodb_queue(uri: QueueURI, /, **options: Any) -> DynamoQueue:
     table = uri.location.rstrip("/")
     if not _TABLE.fullmatch(table):
         raise QueueURIError(
-            f"dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .), got {table!r}"
+            "dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .) before any '?'"
         )
     queue = DynamoQueue(uri.uri, table, params)
     try:

@@ -93,7 +93,7 @@ async def open_memory_queue(uri: QueueURI, /, **options: Any) -> MemoryQueue:
 def _config(name: str, params: dict[str, Any]) -> MemoryConfig:
     if not _NAME.fullmatch(name):
         raise QueueURIError(
-            f"memory queue name {name!r} is invalid: 1-80 of A-Z a-z 0-9 _ - "
+            "a memory:// queue name is 1-80 of A-Z a-z 0-9 _ - "
             "(a FIFO queue's name may end in .fifo), as for SQS"
         )
     named_fifo = name.endswith(".fifo")

@@ -41,7 +41,7 @@ from ._checks import (
 )
 from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
 from ._handle import QueueHandle
-from ._uri import Param, boolean, endpoint, integer, read_params, text
+from ._uri import Param, aws_client, boolean, endpoint, integer, read_params, session, text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -70,10 +70,6 @@ _RECEIPT_CODES = {
 }
 
 
-def _any(value: object) -> object:
-    return value
-
-
 PARAMS: dict[str, Param[Any]] = {
     "region": Param(text),
     "endpoint": Param(endpoint),
@@ -82,8 +78,8 @@ PARAMS: dict[str, Param[Any]] = {
     "max_connections": Param(integer(1, 1000)),
     # Accept the queue's redrive policy as the DLQ capability (default true).
     "use_redrive_policy": Param(boolean),
-    "client": Param(_any, query=False),
-    "session": Param(_any, query=False),
+    "client": Param(aws_client("send_message_batch"), query=False),
+    "session": Param(session, query=False),
 }
 
 
@@ -108,8 +104,8 @@ def _target(uri: QueueURI) -> tuple[str | None, str]:
     name = uri.location.rstrip("/")
     if not _QUEUE_NAME.fullmatch(name):
         raise QueueURIError(
-            f"sqs:// takes a queue name (1-80 of A-Z a-z 0-9 _ -, FIFO names end in .fifo) "
-            f"or use the queue's URL; got {name!r}"
+            "sqs:// takes a queue name (1-80 of A-Z a-z 0-9 _ -, FIFO names end in .fifo) "
+            "or the queue's URL"
         )
     return None, name
 

@@ -3,10 +3,11 @@ each backend against the parameters it declares."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
@@ -26,7 +27,6 @@ __all__ = [
     "parse_queue_uri",
     "read_params",
     "shown",
-    "shown_value",
     "text",
 ]
 
@@ -62,7 +62,10 @@ def parse_queue_uri(uri: str) -> QueueURI:
             "dynamodb://table?queue=jobs or memory://tasks"
         )
     _refuse_credentials(scheme, rest)
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # a broken [IPv6] host
+        raise QueueURIError(f"malformed host in {shown(uri)}: write [IPv6] in brackets") from None
     if parts.fragment or "#" in uri:
         raise QueueURIError(f"queue URIs take no #fragment: {shown(uri)}")
     params: dict[str, str] = {}
@@ -82,8 +85,10 @@ def parse_queue_uri(uri: str) -> QueueURI:
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# ASCII digits only: int() also takes "1_0", " 5 " and other scripts' digits.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_DECIMAL = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 _SECRET_NAME = re.compile(r"secret|passw|token|credential|access_?key|signature", re.I)
-_SAFE_VALUE = re.compile(r"[\w.:/-]{0,32}")
 _CREDENTIALS_HINT = "configure credentials the usual way (environment, profile, role)"
 
 
@@ -91,12 +96,15 @@ def _refuse_credentials(scheme: str, rest: str) -> None:
     """Credentials in a URI end up in logs, errors and process lists: refuse
     them wherever they stand (userinfo, even with a '/' in the secret; a
     credential-named parameter; a URL with userinfo as a parameter value)."""
-    location, _, query = rest.partition("?")
-    location = location.partition("#")[0]
-    if "@" in location:
+    query = rest.partition("?")[2]
+    # No queue name, table name, host or parameter has an '@': wherever it
+    # stands (after a '#' or '?' in the secret, percent-encoded), it is userinfo.
+    if "@" in unquote(rest):
+        tail = unquote(rest).rpartition("@")[2].partition("?")[0]
+        where = f"{scheme}://***@{tail}" if _PLAIN_NAME.fullmatch(tail) else f"the {scheme}:// URI"
         raise QueueURIError(
-            f"queue URIs never carry credentials: remove the user:password@ part "
-            f"({scheme}://***@{_safe(location.rpartition('@')[2])}) and {_CREDENTIALS_HINT}"
+            f"queue URIs never carry credentials: remove the user:password@ part ({where}) "
+            f"and {_CREDENTIALS_HINT}"
         )
     for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=True):
         if _SECRET_NAME.search(name) or ("://" in value and "@" in value):
@@ -117,12 +125,6 @@ def shown(uri: str) -> str:
     return f"{_safe(scheme)}://{_safe(location)}{tail}"
 
 
-def shown_value(value: object) -> str:
-    """A parameter value as an error may show it: short plain values only."""
-    text_value = value if isinstance(value, str) else repr(value)
-    return repr(text_value) if _SAFE_VALUE.fullmatch(text_value) else "(value hidden)"
-
-
 def _safe(text_value: str) -> str:
     return text_value if len(text_value) <= 200 else text_value[:200] + "..."
 
@@ -134,6 +136,14 @@ def _name(name: str) -> str:
     """A parameter name as errors show it: a plain identifier, else hidden
     (``?<secret>`` parses as a parameter named by the secret)."""
     return repr(name) if _PLAIN_NAME.fullmatch(name) else "(a parameter whose name is hidden)"
+
+
+def _unknown(name: str, spec: Mapping[str, object]) -> str:
+    """An unknown name as errors show it: a valid one's misspelling, or hidden
+    (``?<secret>`` parses as a parameter named by the secret)."""
+    if name in spec or difflib.get_close_matches(name, list(spec), n=1, cutoff=0.75):
+        return _name(name)
+    return "(its name is not shown)"
 
 
 class Param(Generic[T]):
@@ -165,7 +175,7 @@ def read_params(
         if param is None or not param.query:
             hint = "" if param is None else " (it is a keyword option of open_queue)"
             raise QueueURIError(
-                f"unknown query parameter {_name(name)} for {uri.scheme}://{hint}; "
+                f"unknown query parameter {_unknown(name, spec)} for {uri.scheme}://{hint}; "
                 f"valid: {valid_query}"
             )
         given[name] = (text_value, "query parameter")
@@ -180,9 +190,8 @@ def read_params(
         try:
             out[name] = spec[name].convert(value)
         except (ValueError, TypeError) as exc:
-            raise QueueURIError(
-                f"invalid {where} {name}={shown_value(value)} for {uri.scheme}://: {exc}"
-            ) from exc
+            # The value is not repeated: a misplaced secret would be echoed.
+            raise QueueURIError(f"invalid {where} {name} for {uri.scheme}://: {exc}") from None
     return out
 
 
@@ -200,10 +209,10 @@ def number(low: float, high: float) -> Callable[[object], float]:
     def convert(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise TypeError("expected a number")
-        try:
-            result = float(value)
-        except ValueError:
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value):
             result = math.nan
+        else:
+            result = float(value)
         if not math.isfinite(result) or not low <= result <= high:
             raise ValueError(f"expected a number from {low:g} to {high:g}")
         return result
@@ -215,10 +224,9 @@ def integer(low: int, high: int) -> Callable[[object], int]:
     def convert(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise TypeError("expected an integer")
-        try:
-            result = int(value)
-        except ValueError:
-            raise ValueError(f"expected an integer from {low} to {high}") from None
+        if isinstance(value, str) and not _INTEGER.fullmatch(value):
+            raise ValueError(f"expected an integer from {low} to {high}")
+        result = int(value)
         if not low <= result <= high:
             raise ValueError(f"expected an integer from {low} to {high}")
         return result
@@ -238,3 +246,23 @@ def endpoint(value: object) -> str:
         return check_endpoint(value, "endpoint")
     except ConfigurationError as exc:
         raise ValueError(str(exc).removeprefix("endpoint ")) from None
+
+
+def aws_client(operation: str) -> Callable[[object], object]:
+    """An open aiobotocore client of the backend's service (it has ``operation``)."""
+
+    def convert(value: object) -> object:
+        if not callable(getattr(value, operation, None)) or not hasattr(value, "meta"):
+            raise TypeError(f"expected an open aiobotocore client (one with {operation})")
+        return value
+
+    return convert
+
+
+def session(value: object) -> object:
+    """An aiobotocore session (``AioSession``)."""
+    from aiobotocore.session import AioSession
+
+    if not isinstance(value, AioSession):
+        raise TypeError("expected an aiobotocore AioSession")
+    return value

@@ -52,10 +52,8 @@ class BodyDecoder:
             return self._json.decode(raw)
         except msgspec.ValidationError as exc:
             raise _mismatch(exc, self.type, message_id) from exc
-        except msgspec.DecodeError as exc:
-            raise BodyDecodeError(
-                f"message {message_id}: body is not valid JSON ({exc})", message_id=message_id
-            ) from exc
+        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
+            raise _not_json(exc, message_id) from None
 
     def plain(self, data: str | bytes, message_id: str) -> Any:
         if self.raw:
@@ -66,11 +64,8 @@ class BodyDecoder:
                 return self._plain_json.decode(data)
             except msgspec.ValidationError as exc:
                 failure = _mismatch(exc, self.type, message_id)
-            except msgspec.DecodeError as exc:
-                failure = BodyDecodeError(
-                    f"message {message_id}: body is not valid JSON ({exc})",
-                    message_id=message_id,
-                )
+            except (msgspec.DecodeError, RecursionError, UnicodeEncodeError) as exc:
+                failure = _not_json(exc, message_id)
         if self.text:
             if isinstance(data, str):
                 return data
@@ -85,6 +80,18 @@ class BodyDecoder:
             return data if isinstance(data, bytes) else _utf8(data, message_id)
         assert failure is not None
         raise failure
+
+
+def _not_json(exc: Exception, message_id: str) -> BodyDecodeError:
+    if isinstance(exc, RecursionError):
+        why = "it nests deeper than the decoder allows"
+    elif isinstance(exc, UnicodeEncodeError):
+        why = "it holds characters that are not UTF-8"
+    else:
+        why = str(exc)
+    return BodyDecodeError(
+        f"message {message_id}: body is not valid JSON ({why})", message_id=message_id
+    )
 
 
 def _utf8(text: str, message_id: str) -> bytes:

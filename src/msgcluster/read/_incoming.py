@@ -291,7 +291,8 @@ def _classify_body(message: SqsMessage) -> Incoming:
             message_id=message.id,
         )
         return Incoming(message, MessageKind.PLAIN, error=error)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
+        # Not JSON, nested past the decoder's depth, or not UTF-8: not ours.
         return Incoming(message, MessageKind.PLAIN)
     kind = _ENVELOPE_KIND[type(envelope)]
     try:
@@ -311,7 +312,7 @@ def _classify_body(message: SqsMessage) -> Incoming:
 def _looks_like_envelope(body: str) -> bool:
     try:
         probe = _probe_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeEncodeError):
         return False
     return probe.type in ENVELOPE_TYPES and probe.pk is not None and probe.rk is not None
 
