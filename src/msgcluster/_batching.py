@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["Backoff", "chunked", "gather_limited", "iter_chunks", "pack_by_size"]
+from ._errors import ValidationError
+
+__all__ = [
+    "Backoff",
+    "as_list",
+    "chunked",
+    "first_error",
+    "gather_limited",
+    "iter_chunks",
+    "pack_by_size",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def as_list(items: object, what: str) -> list[Any]:
+    """``items`` (any iterable but a str, bytes or mapping) as a list, else a
+    ValidationError naming ``what`` was expected."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        raise ValidationError(
+            f"expected a list (or other iterable) of {what}, got {type(items).__name__}"
+        )
+    return list(items)
 
 
 def chunked(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -84,11 +112,12 @@ async def gather_limited(
             for index, func in enumerate(funcs):
                 tg.start_soon(run, index, func)
     except BaseExceptionGroup as group:
-        raise _first(group) from None
+        raise first_error(group) from None
     return results
 
 
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside nested single-member groups (else the group)."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]

@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
-import msgspec
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from . import _aws, _provision
 from ._aws_errors import aws_errors
+from ._batching import as_list
 from ._client_clusters import ClusterMethods
 from ._context import Context
 from ._errors import ConfigurationError
@@ -95,6 +95,8 @@ class Client(ClusterMethods):
             claim=claim,
             claim_seconds=claim_seconds,
         )
+        if session is not None and not isinstance(session, AioSession):
+            raise ConfigurationError("session must be an aiobotocore AioSession (or None)")
         self._session = session
         self._stack: contextlib.AsyncExitStack | None = None
         self._ctx: Context | None = None
@@ -103,12 +105,7 @@ class Client(ClusterMethods):
     def with_options(self, **changes: Any) -> Client:
         """A new (not yet open) Client with these settings, and ``changes``
         (``mc.with_options(claim=True)``)."""
-        values = msgspec.structs.asdict(self.settings) | changes
-        try:
-            settings = msgspec.convert(values, Settings)
-        except msgspec.ValidationError as exc:
-            raise ConfigurationError(f"invalid Client setting: {exc}") from None
-        return Client._from_settings(settings)
+        return Client._from_settings(self.settings.replace(**changes))
 
     @classmethod
     def _from_settings(cls, settings: Settings) -> Client:
@@ -341,7 +338,7 @@ class Client(ClusterMethods):
         repairs its shard, so acknowledging it is safe); a completion event
         when the callback is done.
         """
-        return await _consume.is_complete_batch(self.ctx, records)
+        return await _consume.is_complete_batch(self.ctx, as_list(records, "records"))
 
     async def claim_batch(self, records: Sequence[object]) -> list[bool]:
         """Claim records about to run (not complete), in one transaction: per
@@ -352,7 +349,8 @@ class Client(ClusterMethods):
         ``claim_seconds``."""
         from .runtime._claims import claim_batch
 
-        return [not claim.held for claim in await claim_batch(self.ctx, records)]
+        claims = await claim_batch(self.ctx, as_list(records, "records"))
+        return [not claim.held for claim in claims]
 
     async def mark_complete(self, record: object) -> bool:
         """Complete a message (its record is deleted) or count a cluster task once.
@@ -367,7 +365,7 @@ class Client(ClusterMethods):
     async def mark_complete_batch(self, records: Sequence[object]) -> list[bool]:
         """:meth:`mark_complete` for a receive batch: its tasks are counted in one
         TransactWriteItems; acknowledge the messages after it returns."""
-        return await _consume.mark_complete_batch(self.ctx, records)
+        return await _consume.mark_complete_batch(self.ctx, as_list(records, "records"))
 
     async def mark_failed(
         self, record: object, error: BaseException | str, *, final: bool | None = None
@@ -414,7 +412,9 @@ class Client(ClusterMethods):
     async def get_message_records(
         self, keys: Iterable[object], consistent_read: bool = False
     ) -> list[MessageRecord | None]:
-        return await _lookups.get_message_records(self.ctx, keys, consistent_read=consistent_read)
+        return await _lookups.get_message_records(
+            self.ctx, as_list(keys, "record keys"), consistent_read=consistent_read
+        )
 
     async def update_message_record(
         self,

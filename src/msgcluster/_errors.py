@@ -97,6 +97,21 @@ __all__ = [
 class MsgclusterError(Exception):
     """Base of every error msgcluster raises."""
 
+    def __init__(self, *args: object) -> None:
+        # A message built from input (a message id, a name) may hold a lone
+        # surrogate: escape it, so printing or logging the error never fails.
+        if args and isinstance(args[0], str):
+            args = (_printable(args[0]), *args[1:])
+        super().__init__(*args)
+
+
+def _printable(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
 
 class ConfigurationError(MsgclusterError):
     """Settings are missing or inconsistent (table, bucket, region, extras)."""

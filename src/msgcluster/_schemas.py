@@ -117,10 +117,16 @@ class RecordKey(msgspec.Struct, frozen=True):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.startswith(KEY_PREFIX):
                 raise InvalidKeyError(
-                    f"RecordKey.{name} must be a string starting with {KEY_PREFIX!r}, got {value!r}"
+                    f"RecordKey.{name} must be a string starting with {KEY_PREFIX!r}, "
+                    f"got {value!r:.200}"
                 )
-            if len(value.encode()) > _MAX_KEY_BYTES:
+            if len(value.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES:
                 raise InvalidKeyError(f"RecordKey.{name} is longer than {_MAX_KEY_BYTES} bytes")
+            if not value.isprintable():  # control characters, lone surrogates
+                raise InvalidKeyError(
+                    f"RecordKey.{name} holds control or non-UTF-8 characters: it is not a "
+                    "msgcluster key"
+                )
 
     @classmethod
     def of(cls, value: object) -> RecordKey:

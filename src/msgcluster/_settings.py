@@ -8,6 +8,8 @@ rather than later, on every send.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -25,6 +27,47 @@ RetryMode = Literal["standard", "adaptive", "legacy"]
 TableName = Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9_.-]{3,255}$")]
 BucketName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
 _SECRETS: Final = ("aws_secret_access_key", "aws_session_token")
+_IPV4: Final = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+
+class Secret:
+    """A secret setting: shown as ``'***'`` and not encodable (``msgspec`` or
+    ``json`` of the settings cannot leak it); :meth:`reveal` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _decode_secret(type_: type, value: object) -> object:
+    if type_ is Secret:
+        if isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
+            return Secret(value)
+        raise msgspec.ValidationError("expected a string")  # the value is never shown
+    raise NotImplementedError
+
+
+def _check_bucket(name: str | None) -> None:
+    # S3's rules beyond the pattern: not an IP address, no '..', '.-' or '-.'.
+    if name is None:
+        return
+    if _IPV4.fullmatch(name) or any(pair in name for pair in ("..", ".-", "-.")):
+        raise ConfigurationError(f"invalid Client setting: bucket must be {_HINTS['bucket']}")
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -84,8 +127,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # The lease: longer than a handler may run (a crashed holder's claim ends then).
     claim_seconds: Annotated[int, msgspec.Meta(ge=1, le=43_200)] = 300
     aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_session_token: str | None = None
+    aws_secret_access_key: Secret | None = None
+    aws_session_token: Secret | None = None
     profile: str | None = None
 
     @classmethod
@@ -104,6 +147,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         each: dict[str, str] = {}
         if endpoint_url is None:  # an explicit endpoint_url wins over the environment's
             endpoint_url, each = env_endpoints(env)
+        if endpoints is not None and not isinstance(endpoints, Mapping):
+            raise ConfigurationError(
+                "endpoints must be a dict of service to URL, for example "
+                "{'sqs': 'http://localhost:4566'}"
+            )
         for service, url in (endpoints or {}).items():
             if service not in SERVICES:
                 raise ConfigurationError(
@@ -125,10 +173,28 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 "aws_access_key_id and aws_secret_access_key go together: pass both, or "
                 "neither (then the environment, profile or role provides them)"
             )
+        if options.get("aws_session_token") and not options.get("aws_access_key_id"):
+            raise ConfigurationError(
+                "aws_session_token goes with aws_access_key_id and aws_secret_access_key: "
+                "pass all three, or none"
+            )
         try:
-            return msgspec.convert(values, cls)
+            settings = msgspec.convert(values, cls, dec_hook=_decode_secret)
         except msgspec.ValidationError as exc:
             raise ConfigurationError(f"invalid Client setting: {_explain(exc)}") from None
+        _check_bucket(settings.bucket)
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        """These settings with ``changes``, checked as the Client's arguments are."""
+        unknown = sorted(set(changes) - set(self.__struct_fields__))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown Client setting {unknown[0][:40]!r}; valid: "
+                + ", ".join(self.__struct_fields__)
+            )
+        values = {name: _revealed(getattr(self, name)) for name in self.__struct_fields__}
+        return Settings.resolve(**(values | changes))
 
     def endpoint_for(self, service: str) -> str | None:
         """The endpoint set for ``service`` (None: botocore's own resolution)."""
@@ -140,8 +206,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             return {}
         return {
             "aws_access_key_id": self.aws_access_key_id,
-            "aws_secret_access_key": self.aws_secret_access_key,
-            "aws_session_token": self.aws_session_token,
+            "aws_secret_access_key": _revealed(self.aws_secret_access_key),
+            "aws_session_token": _revealed(self.aws_session_token),
         }
 
     def require_bucket(self, why: str) -> str:
@@ -151,20 +217,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             )
         return self.bucket
 
-    def __repr__(self) -> str:
-        fields = []
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            shown = "'***'" if name in _SECRETS and value else repr(value)
-            fields.append(f"{name}={shown}")
-        return f"Settings({', '.join(fields)})"
-
-    __str__ = __repr__
-
     def __rich_repr__(self) -> Any:
         for name in self.__struct_fields__:
             value = getattr(self, name)
             yield name, "***" if name in _SECRETS and value else value
+
+
+def _revealed(value: object) -> Any:
+    return value.reveal() if isinstance(value, Secret) else value
 
 
 _HINTS: Final = {

@@ -10,6 +10,7 @@ unknown (no response) keeps it, because the message may arrive.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterable, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -17,7 +18,7 @@ import anyio
 import msgspec
 
 from .._aws_errors import aws_errors, is_sender_fault
-from .._batching import gather_limited, iter_chunks
+from .._batching import first_error, gather_limited, iter_chunks
 from .._context import iso_now
 from .._dynamo import batch_write, key_attrs
 from .._errors import AwsConnectionError, AwsError, MsgclusterError, ValidationError
@@ -28,7 +29,7 @@ from ..queues._portable import is_retryable
 from ._outgoing import Prepared, needs_offload, prepare
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Iterable, Sequence
+    from collections.abc import Sequence
 
     from .._context import Context, QueueInfo
     from .._schemas import RecordKey
@@ -96,9 +97,14 @@ async def send_message_batch(
     group_id: str | None = None,
     raise_on_failure: bool = True,
 ) -> BatchSendResult:
+    if isinstance(bodies, str | bytes | Mapping) or not isinstance(
+        bodies, Iterable | AsyncIterable
+    ):
+        raise ValidationError(
+            "bodies must be an iterable or async iterable of bodies, not a single str/bytes "
+            f"or other value (wrap one body in a list); got {type(bodies).__name__}"
+        )
     info = await ctx.queue_info(queue_url)
-    if isinstance(bodies, str | bytes):
-        raise ValidationError("bodies must be an iterable of bodies, not a single str/bytes")
     keys: list[RecordKey | None] = []
     message_ids: list[str | None] = []
     failures: list[EntryFailure] = []
@@ -112,16 +118,19 @@ async def send_message_batch(
     total = 0
     # Two-stage pipeline: while one window's messages are being sent, the next
     # window's records are written. At most two windows are held in memory.
-    async with anyio.create_task_group() as tg:
-        sending = anyio.Event()
-        sending.set()
-        async for window in iter_chunks(bodies, WINDOW):
-            outgoing = [_outgoing(item, defaults) for item in window]
-            ready = await _write_window(ctx, info, total, outgoing, failures)
-            total += len(window)
-            await sending.wait()
+    try:
+        async with anyio.create_task_group() as tg:
             sending = anyio.Event()
-            tg.start_soon(_send_window, ctx, info, ready, sent, failures, sending)
+            sending.set()
+            async for window in iter_chunks(bodies, WINDOW):
+                outgoing = [_outgoing(item, defaults) for item in window]
+                ready = await _write_window(ctx, info, total, outgoing, failures)
+                total += len(window)
+                await sending.wait()
+                sending = anyio.Event()
+                tg.start_soon(_send_window, ctx, info, ready, sent, failures, sending)
+    except BaseExceptionGroup as group:  # the caller's own error (its iterable's) as is
+        raise first_error(group) from None
     for index in range(total):
         key_id = sent.get(index)
         keys.append(key_id[0] if key_id else None)

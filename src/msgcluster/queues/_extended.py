@@ -17,13 +17,14 @@ pointer and never touch S3.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from .._aws_errors import aws_errors
-from .._errors import InvalidKeyError, ObjectNotFoundError
+from .._errors import EnvelopeError, InvalidKeyError, ObjectNotFoundError
 from .._schemas import KEY_PREFIX, RecordKey, S3Pointer
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ __all__ = [
     "store",
     "store_payload",
 ]
+
+# S3's bucket naming rule (with dots: legacy buckets the Extended Client may use).
+_BUCKET: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 EXTENDED_POINTER_CLASS: Final = "software.amazon.payloadoffloading.PayloadS3Pointer"
 LEGACY_POINTER_CLASS: Final = "com.amazon.sqs.javamessaging.MessageS3Pointer"
@@ -145,8 +149,21 @@ async def put_payload(s3: Any, bucket: str, object_key: str, data: bytes) -> S3P
     return S3Pointer(bucket=bucket, key=object_key, size=len(data))
 
 
+def _valid_key(key: str) -> bool:
+    try:
+        return 0 < len(key.encode()) <= 1024
+    except UnicodeEncodeError:
+        return False
+
+
 async def get_payload(s3: Any, pointer: S3Pointer) -> bytes:
     """Read one offloaded payload back; a missing object says it expired."""
+    if not _BUCKET.fullmatch(pointer.bucket) or not _valid_key(pointer.key):
+        # The message's fault, not the configuration's: it fails alone.
+        raise EnvelopeError(
+            "the message points at an S3 location that cannot exist (bucket or key name "
+            "outside S3's rules); it is dead-lettered, not retried"
+        )
     where = f"s3://{pointer.bucket}/{pointer.key}"
     try:
         with aws_errors(resource=where):

@@ -108,8 +108,9 @@ def _refuse_credentials(scheme: str, rest: str) -> None:
         )
     for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=True):
         if _SECRET_NAME.search(name) or ("://" in value and "@" in value):
+            # Its name is not shown: ``?<secret>`` parses as a parameter named by it.
             raise QueueURIError(
-                f"queue URIs never carry credentials (query parameter {_name(name)}): "
+                "queue URIs never carry credentials (a query parameter names or holds one): "
                 f"remove it and {_CREDENTIALS_HINT}"
             )
 

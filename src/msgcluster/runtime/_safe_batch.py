@@ -78,7 +78,8 @@ def _records_of(event: object) -> list[SqsMessage]:
             f"{type(event).__name__}"
             + (f" with keys {sorted(map(str, event))[:8]}" if isinstance(event, Mapping) else "")
         )
-    messages = []
+    messages: list[SqsMessage] = []
+    foreign: list[MalformedEventError] = []
     for index, record in enumerate(event["Records"]):
         try:
             message = normalize(record)
@@ -94,10 +95,20 @@ def _records_of(event: object) -> list[SqsMessage]:
             continue
         source = record.get("eventSource") if isinstance(record, Mapping) else None
         if source is not None and source != "aws:sqs":
-            raise MalformedEventError(
-                f"Records[{index}] comes from {source!r}, not 'aws:sqs'", message_id=message.id
+            # One odd record among SQS records, with an id: it fails alone.
+            error = MalformedEventError(
+                f"Records[{index}] (message {message.id}) has eventSource "
+                f"{str(source)[:40]!r}, not 'aws:sqs'",
+                message_id=message.id,
             )
+            foreign.append(error)
+            messages.append(SqsMessage(id=message.id, body="", record=error))
+            continue
         messages.append(message)
+    if foreign and len(foreign) == len(messages):
+        # No SQS record at all: the function has the wrong trigger (a trigger
+        # bug, not messages to retry one by one).
+        raise foreign[0]
     return messages
 
 

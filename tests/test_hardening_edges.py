@@ -1,0 +1,338 @@
+"""More malformed input at the edges (an independent audit's findings): values
+JSON cannot carry, bodies nested past the decoder, secrets in odd places of
+URIs and endpoints, arguments of the wrong type. Each gets a typed one-line
+MsgclusterError (or the caller's own exception, unwrapped), one bad message
+fails alone, and no secret is echoed, in the message or its exception chain.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+import pytest
+from conftest import client_for
+
+import msgcluster
+from msgcluster import ConfigurationError, QueueURIError, ValidationError
+from msgcluster.integrations.aws_lambda import lambda_handler
+from msgcluster.local import LocalAWS
+from msgcluster.queues import open_queue
+
+SECRET = "hunter2pwXYZsecret"
+
+
+def assert_clean(exc: BaseException) -> None:
+    """One line, no secret, in the error and in everything a traceback prints."""
+    assert isinstance(exc, msgcluster.MsgclusterError), type(exc)
+    assert "\n" not in str(exc), str(exc)
+    printed = "".join(traceback.format_exception(exc))
+    assert SECRET not in printed, printed
+    str(exc).encode()  # printable: no lone surrogate
+
+
+class Order(msgspec.Struct):
+    order_id: int
+
+
+DEEP = '{"pk": "SQSMessage$x", "rk": "message", "body": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+def lambda_record(message_id: str, body: str) -> dict[str, Any]:
+    return {
+        "messageId": message_id,
+        "receiptHandle": "r-" + message_id,
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs",
+    }
+
+
+def good_and_bad(bad: dict[str, Any]) -> dict[str, Any]:
+    good = [lambda_record(f"good-{i}", f'{{"order_id": {i}}}') for i in range(9)]
+    return {"Records": [*good[:4], bad, *good[4:]]}
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+async def test_a_body_nested_past_the_decoder_fails_alone(mc: msgcluster.Client) -> None:
+    seen: list[int] = []
+
+    def handle(record: Any) -> None:
+        seen.append(record.body.order_id)
+
+    event = good_and_bad(lambda_record("deep", DEEP))
+    result = await mc.safe_process_batch(event, handle, body_type=Order)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "deep"}]}
+    assert sorted(seen) == list(range(9))
+    record = lambda_record("deep", DEEP)
+    assert await mc.is_complete(record) is False  # not ours: a plain message
+    with pytest.raises(msgcluster.BodyDecodeError) as info:
+        mc.read_sqs_record(record, body_type=Order)
+    assert_clean(info.value)
+
+
+async def test_the_lambda_adapter_fails_a_deep_body_alone(
+    local_aws: LocalAWS, names: dict[str, str]
+) -> None:
+    app = msgcluster.App(client=client_for(local_aws, names))
+    seen: list[int] = []
+
+    @app.handler(Order)
+    async def handle(order: Order) -> None:
+        seen.append(order.order_id)
+
+    event = good_and_bad(lambda_record("deep", DEEP))
+    result = await anyio.to_thread.run_sync(lambda_handler(app), event, None)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "deep"}]}
+    assert sorted(seen) == list(range(9))
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"order_id": "\udcff"}', "\ud800"],
+    ids=["surrogate in JSON", "lone surrogate"],
+)
+async def test_a_body_with_a_lone_surrogate_is_poison(mc: msgcluster.Client, body: str) -> None:
+    result = await mc.safe_process_batch(
+        good_and_bad(lambda_record("bad", body)), lambda record: record.body, body_type=Order
+    )
+    assert result == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
+
+
+async def test_an_odd_record_among_sqs_records_fails_alone(mc: msgcluster.Client) -> None:
+    odd = lambda_record("odd", '{"order_id": 1}') | {"eventSource": 5}
+    seen: list[str] = []
+    result = await mc.safe_process_batch(good_and_bad(odd), lambda r: seen.append(r["messageId"]))
+    assert result == {"batchItemFailures": [{"itemIdentifier": "odd"}]}
+    assert len(seen) == 9
+
+
+async def test_a_pointer_to_an_impossible_bucket_fails_alone(mc: msgcluster.Client) -> None:
+    pointer = (
+        '["software.amazon.payloadoffloading.PayloadS3Pointer", '
+        '{"s3BucketName": "Not A Bucket!", "s3Key": "k"}]'
+    )
+    bad = lambda_record("ptr", pointer) | {
+        "messageAttributes": {
+            "ExtendedPayloadSize": {"dataType": "Number", "stringValue": "300000"}
+        }
+    }
+    result = await mc.safe_process_batch(good_and_bad(bad), lambda record: None)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "ptr"}]}
+
+
+def test_an_error_naming_a_surrogate_id_prints() -> None:
+    error = msgcluster.BodyDecodeError("message \ud800: body is not JSON", message_id="\ud800")
+    assert "\\ud800" in str(error)
+    str(error).encode()
+
+
+# --------------------------------------------------------------------------- sends
+
+
+def _deep(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _cyclic() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+UNENCODABLE: list[tuple[str, Any]] = [
+    ("NaN", float("nan")),
+    ("infinity inside", {"x": [1, {"y": float("-inf")}]}),
+    ("NaN in a Struct", msgspec.defstruct("S", [("x", float)])(float("nan"))),
+    ("refers to itself", _cyclic()),
+    ("an object", object()),
+    ("lone surrogate", "\ud800"),
+    ("10,000 levels deep", _deep(10_000)),
+]
+
+
+@pytest.mark.parametrize("value", [v for _, v in UNENCODABLE], ids=[n for n, _ in UNENCODABLE])
+async def test_bodies_and_meta_json_cannot_carry_are_refused(
+    mc: msgcluster.Client, queue_url: str, value: Any
+) -> None:
+    for call in (
+        lambda: mc.send_message(queue_url, value),
+        lambda: mc.send_message(queue_url, {"ok": 1}, meta=value),
+        lambda: mc.create_message_cluster(queue_url, [1], meta=value),
+    ):
+        with pytest.raises(ValidationError) as info:
+            await call()
+        assert_clean(info.value)
+
+
+async def test_meta_update_with_an_unencodable_value(mc: msgcluster.Client, queue_url: str) -> None:
+    key = await mc.send_message(queue_url, {"ok": 1})
+    with pytest.raises(ValidationError) as info:
+        await mc.update_message_record(key, meta=object())
+    assert_clean(info.value)
+    cluster = await mc.create_message_cluster(queue_url, [1])
+    with pytest.raises(ValidationError):
+        await mc.update_message_cluster(cluster, meta=_cyclic())
+
+
+@pytest.mark.parametrize("bodies", [None, 5, "abc", b"abc", {"a": 1}])
+async def test_batch_bodies_must_be_an_iterable(
+    mc: msgcluster.Client, queue_url: str, bodies: Any
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        await mc.send_message_batch(queue_url, bodies)
+    assert_clean(info.value)
+
+
+async def test_a_failing_generator_raises_its_own_error(
+    mc: msgcluster.Client, queue_url: str
+) -> None:
+    def bodies() -> Iterator[int]:
+        yield 1
+        raise LookupError("the caller's own")
+
+    with pytest.raises(LookupError, match="the caller's own"):
+        await mc.send_message_batch(queue_url, bodies())
+
+
+# --------------------------------------------------------------------------- records
+
+
+@pytest.mark.parametrize("records", [None, 5, "abc", {"pk": "x"}])
+async def test_batch_record_calls_want_an_iterable(mc: msgcluster.Client, records: Any) -> None:
+    for call in (
+        mc.is_complete_batch,
+        mc.mark_complete_batch,
+        mc.claim_batch,
+        mc.get_message_records,
+    ):
+        with pytest.raises(ValidationError) as info:
+            await call(records)
+        assert_clean(info.value)
+
+
+@pytest.mark.parametrize("pk", ["SQSMessage$\ud800", "SQSMessage$a\nb", "SQSMessage$\x00"])
+async def test_keys_with_unprintable_characters(mc: msgcluster.Client, pk: str) -> None:
+    with pytest.raises(msgcluster.InvalidKeyError) as info:
+        await mc.get_message_record((pk, "message"))
+    assert_clean(info.value)
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+SECRET_URIS = [
+    f"sqs://AKIAX:{SECRET}#x@jobs",
+    f"sqs://AKIAX:{SECRET}?x@jobs",
+    f"sqs://AKIAX%3A{SECRET}%40jobs",
+    f"dynamodb://u%3A{SECRET}%40tbl?queue=q",
+    f"dynamodb://u:{SECRET}#x@tbl?queue=q",
+    f"https://AKIAX:{SECRET}#x@sqs.us-east-1.amazonaws.com/1/q",
+    f"https://AKIAX:{SECRET}?a@sqs.us-east-1.amazonaws.com/1/q",
+    f"memory://q?visibility_timeout={SECRET}",
+    f"memory://q?{SECRET}",
+    f"memory://q?{SECRET}=1",
+    f"sqs://jobs?endpoint=http://u%3A{SECRET}%40h",
+    f"sqs://{SECRET}/x/y",
+    f"sqs://jobs#{SECRET}",
+]
+
+
+@pytest.mark.parametrize("uri", SECRET_URIS)
+async def test_uris_never_echo_secrets(mc: msgcluster.Client, uri: str) -> None:
+    with pytest.raises(QueueURIError) as info:
+        await open_queue(uri)
+    assert_clean(info.value)
+    with pytest.raises(msgcluster.MsgclusterError) as sent:
+        await mc.send_message(uri, {"x": 1})
+    assert_clean(sent.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://[::1/1/q",
+        "http://[zz]:5123/1/q",
+        "memory://q?visibility_timeout=1_0",
+        "memory://q?visibility_timeout=%205%20",
+        "memory://q?visibility_timeout=\u0665",
+        "memory://q?delay=1e3",
+    ],
+)
+async def test_malformed_uris(uri: str) -> None:
+    with pytest.raises(QueueURIError) as info:
+        await open_queue(uri)
+    assert_clean(info.value)
+
+
+@pytest.mark.parametrize(("option", "value"), [("client", 42), ("session", "x")])
+async def test_queue_client_and_session_options_are_checked(option: str, value: Any) -> None:
+    with pytest.raises(QueueURIError) as info:
+        await open_queue("sqs://jobs", **{option: value})
+    assert_clean(info.value)
+
+
+# --------------------------------------------------------------------------- Client
+
+
+BAD_CLIENT: list[tuple[str, dict[str, Any]]] = [
+    ("percent-encoded credentials", {"endpoint_url": f"http://u%3A{SECRET}%40host:4566"}),
+    ("space in host", {"endpoint_url": "http://ho st:4566"}),
+    ("NUL in host", {"endpoint_url": "http://a\x00b:4566"}),
+    ("unicode host", {"endpoint_url": "http://ünï.example:4566"}),
+    ("300-character host", {"endpoint_url": "http://" + "a" * 300}),
+    ("endpoints a string", {"endpoints": "http://localhost:4566"}),
+    ("endpoints a list", {"endpoints": ["http://localhost:4566"]}),
+    ("session a string", {"session": "x"}),
+    ("bucket an IP address", {"bucket": "192.168.1.1"}),
+    ("bucket with '..'", {"bucket": "a..b"}),
+    ("session token alone", {"aws_session_token": SECRET}),
+    ("secret of the wrong type", {"aws_access_key_id": "AKIAX", "aws_secret_access_key": 5}),
+]
+
+
+@pytest.mark.parametrize("options", [o for _, o in BAD_CLIENT], ids=[n for n, _ in BAD_CLIENT])
+def test_client_refuses_at_construction(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        msgcluster.Client(**options)
+    assert_clean(info.value)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"tabel": "x"},
+        {"endpoint_url": f"http://u:{SECRET}@h"},
+        {"region": "us east 1"},
+        {"aws_access_key_id": "AKIAX"},
+        {"endpoints": {"sns": "http://localhost:4566"}},
+    ],
+)
+def test_with_options_checks_like_the_constructor(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        msgcluster.Client().with_options(**changes)
+    assert_clean(info.value)
+
+
+def test_settings_never_show_or_encode_secrets() -> None:
+    client = msgcluster.Client(
+        aws_access_key_id="AKIAX", aws_secret_access_key=SECRET, aws_session_token=SECRET + "t"
+    )
+    assert SECRET not in repr(client.settings)
+    assert SECRET not in str(client.settings)
+    with pytest.raises(TypeError) as info:
+        msgspec.json.encode(client.settings)
+    assert SECRET not in str(info.value)
+    again = client.with_options(claim=True)
+    assert again.settings.credentials()["aws_secret_access_key"] == SECRET
