@@ -42,10 +42,9 @@ _MIN_INTERVAL: Final = 0.05  # seconds between polls, at least
 
 @contextlib.asynccontextmanager
 async def client(inv: Invocation) -> AsyncIterator[Client]:
-    s = inv.settings
-    async with Client(
-        table=s.table, bucket=s.bucket, endpoint_url=s.endpoint_url, region=s.region
-    ) as mc:
+    """A Client on the invocation's settings, all of them (per-service endpoints
+    from ``AWS_ENDPOINT_URL_<SERVICE>`` included)."""
+    async with Client._from_settings(inv.settings) as mc:
         yield mc
 
 
