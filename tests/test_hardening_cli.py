@@ -15,12 +15,20 @@ event loop), with the environment set by ``monkeypatch``.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
 
 import msgcluster
+from msgcluster import Status, StatusCode, ValidationError
+from msgcluster._schemas import (
+    CANCELLED,
+    parse_cluster_status,
+    parse_cluster_statuses,
+    parse_statuses,
+)
 from msgcluster.cli import main
 from msgcluster.local import LocalAWS
 
@@ -113,3 +121,203 @@ async def test_the_cli_client_keeps_every_setting(monkeypatch: pytest.MonkeyPatc
         assert mc.settings == settings
         assert mc.dynamodb.meta.endpoint_url == "http://127.0.0.1:2222"
         assert mc.sqs.meta.endpoint_url == "http://127.0.0.1:1111"
+
+
+# --------------------------------------------------------------------------- 2. statuses
+
+CLUSTER_SPELLINGS: list[tuple[object, tuple[object, ...]]] = [
+    ("error", (Status.ERROR,)),
+    (Status.ERROR, (Status.ERROR,)),
+    (StatusCode.ERROR, (Status.ERROR,)),
+    (StatusCode.IN_PROGRESS, (Status.IN_PROGRESS,)),
+    (StatusCode.STOPPED, (CANCELLED,)),
+    ("stopped", (CANCELLED,)),
+    ("Canceled", (CANCELLED,)),
+    (["cancelled", "in_progress", StatusCode.STOPPED], (CANCELLED, Status.IN_PROGRESS)),
+    (("complete", "COMPLETE"), (Status.COMPLETE,)),
+]
+
+
+@pytest.mark.parametrize(("value", "expect"), CLUSTER_SPELLINGS, ids=repr)
+def test_cluster_status_spellings(value: object, expect: tuple[object, ...]) -> None:
+    assert parse_cluster_statuses(value) == expect
+    if isinstance(value, str):  # Status and StatusCode members too
+        assert parse_cluster_status(value) == expect[0]
+    if isinstance(value, StatusCode):
+        assert parse_cluster_status(value) == expect[0]
+
+
+TASK_SPELLINGS: list[tuple[object, tuple[Status, ...]]] = [
+    ("error", (Status.ERROR,)),
+    ("PRE_FLIGHT", (Status.PRE_FLIGHT,)),
+    (StatusCode.COMPLETE, (Status.COMPLETE,)),
+    (Status.IN_PROGRESS, (Status.IN_PROGRESS,)),
+    ({"error", "ERROR"}, (Status.ERROR,)),
+    ([StatusCode.PRE_FLIGHT, "in progress"], (Status.PRE_FLIGHT, Status.IN_PROGRESS)),
+]
+
+
+@pytest.mark.parametrize(("value", "expect"), TASK_SPELLINGS, ids=repr)
+def test_task_status_spellings(value: object, expect: tuple[Status, ...]) -> None:
+    assert parse_statuses(value) == expect
+
+
+BAD_TASK_STATUSES: list[tuple[object, str]] = [
+    (["cancelled"], "applies only to clusters"),
+    ("CANCELLED", "applies only to clusters"),
+    (StatusCode.STOPPED, "applies only to clusters"),
+    ("e", "unknown status 'e'"),
+    (["error", "runing"], "unknown status 'runing'"),
+    (5, "unknown status int"),
+    (b"error", "unknown status bytes"),
+    ([], "empty list"),
+]
+
+
+@pytest.mark.parametrize(("value", "needle"), BAD_TASK_STATUSES, ids=repr)
+def test_bad_task_statuses(value: object, needle: str) -> None:
+    with pytest.raises(ValidationError, match=needle) as info:
+        parse_statuses(value)
+    assert "\n" not in str(info.value)
+    assert "PRE FLIGHT, IN PROGRESS, COMPLETE, ERROR" in str(info.value)  # what is valid
+
+
+async def test_status_filters_through_the_client(
+    mc: msgcluster.Client, queue_url: str, cluster_layout: int
+) -> None:
+    running = await mc.create_message_cluster(queue_url, [{"n": 1}, {"n": 2}])
+    cancelled = await mc.create_message_cluster(queue_url, [{"n": 3}])
+    await mc.cancel_message_cluster(cancelled)
+
+    async def listed(status: Any) -> set[msgcluster.RecordKey]:
+        return {c.key async for c in mc.list_clusters(status=status)}
+
+    assert await listed(StatusCode.STOPPED) == {cancelled}
+    assert await listed(StatusCode.IN_PROGRESS) == {running}
+    assert await listed(Status.IN_PROGRESS) == {running}
+    assert await listed(["cancelled", StatusCode.IN_PROGRESS]) == {running, cancelled}
+    assert await listed(StatusCode.ERROR) == {cancelled}  # stored as ERROR, documented
+    assert await listed("complete") == set()
+    for one in ("pre flight", Status.PRE_FLIGHT, StatusCode.PRE_FLIGHT, ["PRE_FLIGHT"]):
+        tasks = [t async for t in mc.cluster_tasks(running, one)]
+        assert len(tasks) == 2, one
+    assert [t async for t in mc.cluster_tasks(running, "error")] == []
+    for bad, needle in (("cancelled", "only to clusters"), ("e", "unknown status 'e'")):
+        with pytest.raises(ValidationError, match=needle):
+            [t async for t in mc.cluster_tasks(running, bad)]
+        with pytest.raises(ValidationError, match=needle):
+            [t async for t in mc.cluster_tasks(running, [bad])]
+
+
+async def test_cli_status_spelling_is_the_same_everywhere(
+    local_aws: LocalAWS,
+    mc: msgcluster.Client,
+    names: dict[str, str],
+    queue_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    running = await mc.create_message_cluster(queue_url, [{"n": 1}])
+    cancelled = await mc.create_message_cluster(queue_url, [{"n": 2}])
+    await mc.cancel_message_cluster(cancelled)
+    cid = cancelled.pk.removeprefix("SQSMessage$")
+    rid = running.pk.removeprefix("SQSMessage$")
+    aws_env(monkeypatch, local_aws, AWS_ENDPOINT_URL=local_aws.endpoint_url)
+    table = ("--table", names["table"])
+
+    code, out, err = await run_cli(capsys, "cluster", "status", cid, *table)
+    assert code == 0, err
+    (status_line,) = [line for line in out.splitlines() if line.startswith("status:")]
+    assert status_line.split() == ["status:", "CANCELLED"]
+    code, out, err = await run_cli(capsys, "cluster", "ls", *table)
+    assert code == 0, err
+    (row,) = [line for line in out.splitlines() if line.startswith(cid)]
+    assert "CANCELLED" in row.split()
+    # --status is repeatable (any of them), on the index and on a Scan.
+    for scan in ((), ("--scan",)):
+        code, out, err = await run_cli(
+            capsys, "cluster", "ls", "--status", "cancelled", "--status", "in_progress", *table,
+            "--json", *scan,
+        )  # fmt: skip
+        assert code == 0, err
+        assert rid in out, scan
+        assert cid in out, scan
+        code, out, err = await run_cli(
+            capsys, "cluster", "ls", "--status", "stopped", *table, "--json", *scan
+        )
+        assert code == 0, err
+        assert cid in out, scan
+        assert rid not in out, scan
+
+
+# --------------------------------------------------------------------------- 3. values for AWS
+
+CK = msgcluster.RecordKey("SQSMessage$00000000-0000-0000-0000-000000000000", "SQSMessage$cluster")
+DLQ = "sqs://q-dlq"
+# (id, Client method, positional arguments, keyword arguments, text of the error)
+BAD_VALUES: list[tuple[str, str, tuple[Any, ...], dict[str, Any], str]] = [
+    ("list page_size 0", "list_clusters", (), {"page_size": 0}, "page_size must be >= 1"),
+    ("list page_size -1", "list_clusters", (), {"page_size": -1}, "page_size"),
+    ("list page_size True", "list_clusters", (), {"page_size": True}, "an int >= 1"),
+    ("list page_size str", "list_clusters", (), {"page_size": "10"}, "an int >= 1"),
+    ("list page_size float", "list_clusters", (), {"page_size": 2.5}, "an int >= 1"),
+    ("list started_after int", "list_clusters", (), {"started_after": 5}, "ISO 8601"),
+    ("list started_after ''", "list_clusters", (), {"started_after": ""}, "ISO 8601"),
+    ("list newest_first str", "list_clusters", (), {"newest_first": "no"}, "True or False"),
+    ("list bad status", "list_clusters", (), {"status": "e"}, "unknown status 'e'"),
+    ("list bare int status", "list_clusters", (), {"status": 400}, "unknown status int"),
+    ("tasks page_size 0", "cluster_tasks", (CK,), {"page_size": 0}, "page_size"),
+    ("tasks page_size True", "cluster_tasks", (CK,), {"page_size": True}, "an int >= 1"),
+    ("tasks page_size str", "cluster_tasks", (CK,), {"page_size": "9"}, "an int >= 1"),
+    ("tasks consistent_read", "cluster_tasks", (CK,), {"consistent_read": "y"}, "True or"),
+    ("tasks cancelled", "cluster_tasks", (CK, ["cancelled"]), {}, "only to clusters"),
+    ("tasks bare string", "cluster_tasks", (CK, "e"), {}, "unknown status 'e'"),
+    ("provision visibility 1.5", "provision", (["q"],), {"visibility_timeout": 1.5}, "an int"),
+    ("provision visibility -1", "provision", (["q"],), {"visibility_timeout": -1}, "0-43200"),
+    ("provision visibility big", "provision", (["q"],), {"visibility_timeout": 43_201}, "0-43200"),
+    ("provision visibility True", "provision", (["q"],), {"visibility_timeout": True}, "an int"),
+    ("provision receives True", "provision", (["q"],), {"max_receive_count": True}, "an int"),
+    ("provision receives str", "provision", (["q"],), {"max_receive_count": "5"}, "an int"),
+    ("provision receives 0", "provision", (["q"],), {"max_receive_count": 0}, "1-1000"),
+    ("provision receives 1001", "provision", (["q"],), {"max_receive_count": 1001}, "1-1000"),
+    ("provision dry_run str", "provision_report", (["q"],), {"dry_run": "no"}, "dry_run"),
+    ("reconcile limit -1", "reconcile_dead_letters", (DLQ,), {"limit": -1}, "limit must be >= 1"),
+    ("reconcile limit 0", "reconcile_dead_letters", (DLQ,), {"limit": 0}, "limit must be >= 1"),
+    ("reconcile limit str", "reconcile_dead_letters", (DLQ,), {"limit": "5"}, "an int >= 1"),
+    ("reconcile limit True", "reconcile_dead_letters", (DLQ,), {"limit": True}, "an int >= 1"),
+    ("reconcile visibility", "reconcile_dead_letters", (DLQ,), {"visibility_timeout": 1.5}, "int"),
+    ("reconcile visibility big", "reconcile_dead_letters", (DLQ,), {"visibility_timeout": 99_999},
+     "0-43200"),
+]  # fmt: skip
+
+
+async def _call(result: Any) -> None:
+    """Await a coroutine, or read an async iterator to its end."""
+    if hasattr(result, "__aiter__"):
+        [item async for item in result]
+    else:
+        await result
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "kwargs", "needle"),
+    [c[1:] for c in BAD_VALUES],
+    ids=[c[0] for c in BAD_VALUES],
+)
+async def test_values_checked_before_any_request(
+    local_aws: LocalAWS,
+    names: dict[str, str],
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    needle: str,
+) -> None:
+    """ValidationError at once: the Client points at a dead endpoint, so any
+    request would fail with AwsConnectionError instead."""
+    async with msgcluster.Client(
+        table=names["table"], endpoint_url=DEAD, region=local_aws.region,
+        aws_access_key_id="a", aws_secret_access_key="b",
+    ) as mc:  # fmt: skip
+        with anyio.fail_after(2), pytest.raises(ValidationError, match=needle) as info:
+            await _call(getattr(mc, method)(*args, **kwargs))
+    assert "\n" not in str(info.value)
