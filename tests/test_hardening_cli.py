@@ -321,3 +321,53 @@ async def test_values_checked_before_any_request(
         with anyio.fail_after(2), pytest.raises(ValidationError, match=needle) as info:
             await _call(getattr(mc, method)(*args, **kwargs))
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- 4. CLI arguments
+
+BAD_ARGS: list[tuple[str, list[str], str]] = [
+    ("queue table too short", ["provision", "--dynamodb-queue-table", "ab"], "3-255"),
+    ("queue table bad char", ["provision", "--dynamodb-queue-table", "my table"], "3-255"),
+    ("queue table too long", ["provision", "--dynamodb-queue-table", "t" * 256], "3-255"),
+    ("iam queue table", ["iam-policy", "--dynamodb-queue-table", "a/b"], "3-255"),
+    ("iam queue bad name", ["iam-policy", "--queue", "bad name!"], "invalid queue name"),
+    ("iam queue too long", ["iam-policy", "--queue", "q" * 81], "1-80"),
+    ("iam queue fifo too long", ["iam-policy", "--queue", "q" * 76 + ".fifo"], "1-80"),
+    ("iam queue dots", ["iam-policy", "--queue", "a.b"], "invalid queue name"),
+    ("iam queue empty", ["iam-policy", "--queue", ""], "invalid queue name"),
+    ("iam queue URL bad name", ["iam-policy", "--queue", "sqs://bad$name"], "invalid queue name"),
+    ("local port too big", ["local", "--port", "99999"], "0-65535"),
+    ("local port negative", ["local", "--port", "-1"], "0-65535"),
+    ("local port not a number", ["local", "--port", "http"], "0-65535"),
+    ("ls page size 0", ["cluster", "ls", "--page-size", "0"], "positive"),
+    ("ls status cancelled typo", ["cluster", "ls", "--status", "cancel"], "CANCELLED"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"), [c[1:] for c in BAD_ARGS], ids=[c[0] for c in BAD_ARGS]
+)
+def test_bad_cli_arguments_are_usage_errors(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_line_error(err, needle)
+
+
+GOOD_QUEUES = [
+    "jobs",
+    "jobs.fifo",
+    "a" * 80,
+    "a" * 75 + ".fifo",
+    "Jobs_1-x",
+    "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
+    "sqs://jobs?region=eu-west-1",
+]
+
+
+@pytest.mark.parametrize("queue", GOOD_QUEUES)
+def test_good_iam_queue_names(queue: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["iam-policy", "--queue", queue, "--dynamodb-queue-table", "q.t-1_x"]) == 0
+    assert "MsgclusterQueues" in capsys.readouterr().out
