@@ -15,6 +15,7 @@ event loop), with the environment set by ``monkeypatch``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,7 +23,7 @@ import anyio.to_thread
 import pytest
 
 import msgcluster
-from msgcluster import Status, StatusCode, ValidationError
+from msgcluster import ConfigurationError, Status, StatusCode, ValidationError
 from msgcluster._schemas import (
     CANCELLED,
     parse_cluster_status,
@@ -371,3 +372,38 @@ GOOD_QUEUES = [
 def test_good_iam_queue_names(queue: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["iam-policy", "--queue", queue, "--dynamodb-queue-table", "q.t-1_x"]) == 0
     assert "MsgclusterQueues" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- 5. AWS config files
+
+
+async def test_a_missing_profile_says_what_to_do() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        async with msgcluster.Client(profile="nosuchprofile-9"):
+            pass
+    text = str(info.value)
+    for needle in ("nosuchprofile-9", "AWS_PROFILE", "profile=", "credentials"):
+        assert needle in text, text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("variable", ["AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"])
+async def test_a_malformed_config_file_is_a_configuration_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+) -> None:
+    bad = tmp_path / "config"
+    bad.write_text(f"no section header\naws_secret_access_key = {SECRET}\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(bad))
+    with pytest.raises(ConfigurationError, match="could not be parsed") as info:
+        async with msgcluster.Client(endpoint_url=DEAD) as mc:
+            await mc.get_queue_url("jobs")
+    assert "K7MDENG" not in str(info.value)
+    code, out, err = await run_cli(capsys, "--endpoint-url", DEAD, "cluster", "ls")
+    assert code == 2
+    assert_one_line_error(err, "could not be parsed", str(bad))
+    assert "K7MDENG" not in out + err
