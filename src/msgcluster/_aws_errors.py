@@ -36,7 +36,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = ["aws_errors", "is_definitely_not_applied", "is_sender_fault", "redact", "translate"]
 
@@ -114,6 +114,8 @@ def translate(exc: BaseException, *, resource: str = "") -> MsgclusterError:
             )
         if isinstance(exc, EndpointConnectionError):
             return AwsConnectionError(f"{text}: {_UNREACHABLE}", code=name)
+        if name in _CONFIG_FILES:
+            return _CONFIG_FILES[name](exc)
         if name in _NOT_CONNECTION:
             return ConfigurationError(f"{name}: {text}")
         return AwsConnectionError(f"{name}: {text}", code=name)
@@ -137,10 +139,35 @@ _NOT_CONNECTION = frozenset(
         "InvalidEndpointConfigurationError",
         "UnknownEndpointError",
         "ParamValidationError",
-        "ProfileNotFound",
         "InvalidConfigError",
     }
 )
+
+
+def _profile_not_found(exc: BotoCoreError) -> ConfigurationError:
+    profile = redact(str(getattr(exc, "kwargs", {}).get("profile", "")))[:80]
+    return ConfigurationError(
+        f"AWS profile {profile!r} is not in the AWS config or credentials file "
+        "(~/.aws/config, ~/.aws/credentials, or AWS_CONFIG_FILE / "
+        "AWS_SHARED_CREDENTIALS_FILE): add it there, or set AWS_PROFILE (or pass "
+        "profile=) to a profile that exists"
+    )
+
+
+def _config_unparsable(exc: BotoCoreError) -> ConfigurationError:
+    # The path only: the file's contents may hold credentials.
+    path = redact(str(getattr(exc, "kwargs", {}).get("path", "")))[:200]
+    return ConfigurationError(
+        f"the AWS config or credentials file {path} could not be parsed: fix its syntax "
+        "([section] headers, then 'key = value' lines), or point AWS_CONFIG_FILE / "
+        "AWS_SHARED_CREDENTIALS_FILE at a valid file"
+    )
+
+
+_CONFIG_FILES: dict[str, Callable[[BotoCoreError], ConfigurationError]] = {
+    "ProfileNotFound": _profile_not_found,
+    "ConfigParseError": _config_unparsable,
+}
 _USERINFO = re.compile(r"(?<=://)[^\s\"'@]*@")
 _MAX_TEXT = 300
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from ._context import Context
     from ._dead_letters import DeadLetterReport
-    from ._schemas import MessageClusterRecord, MessageRecord, RecordKey
+    from ._schemas import MessageClusterRecord, MessageRecord, RecordKey, Statuses
     from .clusters._callbacks import ClusterCallback
 
 __all__ = ["ClusterMethods"]
@@ -90,12 +90,14 @@ class ClusterMethods:
     def cluster_tasks(
         self,
         key: object,
-        statuses: Iterable[Status | str] | None = None,
+        statuses: Statuses | None = None,
         *,
         consistent_read: bool = False,
         page_size: int = 500,
     ) -> AsyncIterator[MessageRecord]:
-        """Async iterator over the cluster's task records (optionally by status)."""
+        """Async iterator over the cluster's task records, optionally only those
+        of some ``statuses``: one status (``"error"``, ``Status.ERROR``,
+        ``StatusCode.ERROR``) or an iterable of them."""
         return _clusters.iter_cluster_tasks(
             self.ctx, key, statuses, consistent_read=consistent_read, page_size=page_size
         )
@@ -103,15 +105,17 @@ class ClusterMethods:
     def list_clusters(
         self,
         *,
-        status: Status | str | None = None,
+        status: Statuses | None = None,
         newest_first: bool = True,
         started_after: str | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[MessageClusterRecord]:
         """Clusters by start time (newest first by default), optionally of one
-        status, from the table's sparse cluster index: it reads cluster records
-        only. Tables provisioned before the index get it from ``provision()``;
-        clusters created before that are not listed."""
+        ``status`` (or any of an iterable of them; ``CANCELLED`` or
+        ``StatusCode.STOPPED`` for cancelled clusters), from the table's sparse
+        cluster index: it reads cluster records only. Tables provisioned before
+        the index get it from ``provision()``; clusters created before that are
+        not listed."""
         return _clusters.list_clusters(
             self.ctx,
             status=status,

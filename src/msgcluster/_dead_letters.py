@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._errors import EnvelopeError, RecordError
-from ._schemas import Status
+from ._schemas import Status, check_int
 from .clusters._lookups import get_message_records
 from .read import _records
 from .runtime import _consume
@@ -55,6 +55,9 @@ async def reconcile_dead_letters(
     run again (and concurrently): recording a failure is conditional, and a
     task is counted once.
     """
+    check_int("visibility_timeout", visibility_timeout, 0, 43_200, why="seconds, SQS's range")
+    if limit is not None:
+        check_int("limit", limit, 1, why="messages to read; None for the whole queue")
     report = DeadLetterReport()
     seen: set[str] = set()
     queue = await ctx.queue(dlq_url)

@@ -25,7 +25,7 @@ from ._errors import (
     ResourceNotFoundError,
     ValidationError,
 )
-from ._schemas import KEY_PREFIX
+from ._schemas import KEY_PREFIX, check_int
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -78,12 +78,12 @@ async def provision(
     names = [queues] if isinstance(queues, str) else list(queues)
     for name in names:
         _check_queue_name(name)
-    if max_receive_count is not None and not 1 <= max_receive_count <= 1000:
-        raise ValidationError(
-            f"max_receive_count must be 1-1000 (SQS's range), got {max_receive_count}"
-        )
-    if visibility_timeout is not None and not 0 <= visibility_timeout <= 43_200:
-        raise ValidationError(f"visibility_timeout must be 0-43200 s, got {visibility_timeout}")
+    if max_receive_count is not None:
+        check_int("max_receive_count", max_receive_count, 1, 1000, why="SQS's range")
+    if visibility_timeout is not None:
+        check_int("visibility_timeout", visibility_timeout, 0, 43_200, why="seconds, SQS's range")
+    if not isinstance(dry_run, bool):
+        raise ValidationError(f"dry_run must be True or False, got {type(dry_run).__name__}")
     report = ProvisionReport(dry_run=dry_run)
     await ensure_table(ctx, report)
     if ctx.settings.bucket:

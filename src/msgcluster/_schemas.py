@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeAlias, TypeVar
 
 import msgspec
 
@@ -39,6 +40,7 @@ KEY_PREFIX: Final = "SQSMessage$"
 MESSAGE_SORT_KEY: Final = f"{KEY_PREFIX}message"
 # DynamoDB limits: partition key <= 2048 bytes, sort key <= 1024 bytes.
 _MAX_KEY_BYTES: Final = 1024
+T = TypeVar("T")
 
 
 class Status(enum.StrEnum):
@@ -53,33 +55,17 @@ class Status(enum.StrEnum):
     @classmethod
     def parse(cls, value: object) -> Status:
         """A status from its value or name in any case, with ' ', '_' or '-':
-        ``"IN PROGRESS"``, ``"in_progress"``, ``"In-Progress"``, ``Status.ERROR``."""
-        if isinstance(value, Status):
-            return value
-        found = _STATUS_TEXT.get(_spelling(value)) if isinstance(value, str) else None
-        if found is None:
-            shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
-            raise ValidationError(
-                f"unknown status {shown}; valid: PRE FLIGHT, IN PROGRESS, COMPLETE, ERROR "
-                "(any case; '_' or '-' for the space)"
-            )
-        return found
-
-
-def _spelling(text: str) -> str:
-    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
-
-
-_STATUS_TEXT: Final = {_spelling(s.value): s for s in Status}
-# A cancelled cluster's status word (CLI, list_clusters); stored as status code 500.
-CANCELLED: Final = "CANCELLED"
-
-
-def parse_cluster_status(value: object) -> Status | str:
-    """:meth:`Status.parse`, or ``CANCELLED`` (also ``canceled``) for clusters."""
-    if isinstance(value, str) and _spelling(value) in ("cancelled", "canceled", "stopped"):
-        return CANCELLED
-    return Status.parse(value)
+        ``"IN PROGRESS"``, ``"in_progress"``, ``"In-Progress"``, ``Status.ERROR``,
+        ``StatusCode.ERROR``. ``CANCELLED`` (``StatusCode.STOPPED``) names a
+        cancelled cluster, not a record status: see :func:`parse_cluster_status`."""
+        found = _parse_status(value, cluster=False)
+        if isinstance(found, Status):
+            return found
+        raise ValidationError(
+            f"{_shown(value)} is a cluster status (a cancelled cluster: status code 500, "
+            "STOPPED) and applies only to clusters (list_clusters, `cluster ls`); a task or "
+            f"message record is one of {_VALID} (a cancelled cluster's tasks keep theirs)"
+        )
 
 
 class StatusCode(enum.IntEnum):
@@ -104,6 +90,93 @@ STATUS_CODES: Final = {
     Status.COMPLETE: StatusCode.COMPLETE,
     Status.ERROR: StatusCode.ERROR,
 }
+
+#: What a status filter takes: one status (text in any spelling, a Status or a
+#: StatusCode) or an iterable of them.
+StatusLike: TypeAlias = Status | StatusCode | str
+Statuses: TypeAlias = StatusLike | Iterable[StatusLike]
+_CODE_STATUS: Final = {code: status for status, code in STATUS_CODES.items()}
+
+
+def _spelling(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    return repr(value[:40]) if isinstance(value, str) else type(value).__name__
+
+
+_VALID: Final = "PRE FLIGHT, IN PROGRESS, COMPLETE, ERROR"
+_STATUS_TEXT: Final = {_spelling(s.value): s for s in Status}
+# A cancelled cluster's status word (CLI, list_clusters); stored as status code 500.
+CANCELLED: Final = "CANCELLED"
+_CANCELLED_TEXT: Final = frozenset({"cancelled", "canceled", "stopped"})
+
+
+def _parse_status(value: object, *, cluster: bool) -> Status | str:
+    """A Status, or CANCELLED; else ValidationError listing what is valid."""
+    if isinstance(value, Status):
+        return value
+    if isinstance(value, StatusCode):
+        return _CODE_STATUS.get(value, CANCELLED)  # STOPPED: a cancelled cluster
+    if isinstance(value, str):
+        spelled = _spelling(value)
+        if spelled in _CANCELLED_TEXT:
+            return CANCELLED
+        found = _STATUS_TEXT.get(spelled)
+        if found is not None:
+            return found
+    valid = f"{_VALID}, CANCELLED" if cluster else _VALID
+    raise ValidationError(
+        f"unknown status {_shown(value)}; valid: {valid} (a Status, a StatusCode, or text "
+        "in any case, '_' or '-' for the space)"
+    )
+
+
+def parse_cluster_status(value: object) -> Status | str:
+    """:meth:`Status.parse`, or ``CANCELLED`` (also ``canceled``, ``stopped``,
+    ``StatusCode.STOPPED``) for clusters."""
+    return _parse_status(value, cluster=True)
+
+
+def parse_statuses(value: object) -> tuple[Status, ...]:
+    """Record statuses to filter on: one (text, Status or StatusCode) or an
+    iterable of them; duplicates dropped, order kept."""
+    return _many(value, Status.parse)
+
+
+def parse_cluster_statuses(value: object) -> tuple[Status | str, ...]:
+    """:func:`parse_statuses` for clusters (``CANCELLED`` allowed)."""
+    return _many(value, parse_cluster_status)
+
+
+def _many(value: object, parse: Callable[[object], T]) -> tuple[T, ...]:
+    if isinstance(value, str | StatusCode | bytes | bytearray) or not isinstance(value, Iterable):
+        return (parse(value),)
+    found = tuple(dict.fromkeys(parse(item) for item in value))
+    if not found:
+        raise ValidationError(
+            "an empty list of statuses matches nothing: pass None for every status, or "
+            f"one or more of {_VALID}"
+        )
+    return found
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None, why: str = "") -> int:
+    """``value`` if it is an int (not a bool) in ``low..high``, else ValidationError
+    naming the range (``why``: whose range it is)."""
+    span = f">= {low}" if high is None else f"{low}-{high}"
+    why = f" ({why})" if why else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = repr(value)[:40]
+        raise ValidationError(
+            f"{name} must be an int {span}{why}, got {type(value).__name__} {shown}"
+        )
+    if value < low or (high is not None and value > high):
+        raise ValidationError(f"{name} must be {span}{why}, got {value}")
+    return value
 
 
 class RecordKey(msgspec.Struct, frozen=True):

@@ -20,7 +20,10 @@ from .._schemas import (
     MessageRecord,
     Status,
     StatusCode,
+    Statuses,
+    check_int,
     parse_cluster_status,
+    parse_cluster_statuses,
 )
 from ._common import (
     EXIT_CLUSTER_ERROR,
@@ -42,10 +45,9 @@ _MIN_INTERVAL: Final = 0.05  # seconds between polls, at least
 
 @contextlib.asynccontextmanager
 async def client(inv: Invocation) -> AsyncIterator[Client]:
-    s = inv.settings
-    async with Client(
-        table=s.table, bucket=s.bucket, endpoint_url=s.endpoint_url, region=s.region
-    ) as mc:
+    """A Client on the invocation's settings, all of them (per-service endpoints
+    from ``AWS_ENDPOINT_URL_<SERVICE>`` included)."""
+    async with Client._from_settings(inv.settings) as mc:
         yield mc
 
 
@@ -93,8 +95,9 @@ async def status(inv: Invocation) -> int:
     doc = cluster_doc(record)
     if inv.out.json:
         inv.out.document(doc)
-    else:
-        rows = [(name, value) for name, value in doc.items() if name not in ("pk", "rk")]
+    else:  # spelled as `cluster ls` and `watch` print it: CANCELLED for a cancelled one
+        shown = doc | {"status": _status_text(record)}
+        rows = [(name, value) for name, value in shown.items() if name not in ("pk", "rk")]
         inv.out.fields(rows, title=f"cluster {doc['id']}")
     return EXIT_OK
 
@@ -155,23 +158,28 @@ class ScanCost(msgspec.Struct):
 
 
 async def scan_clusters(
-    mc: Client, *, status: Status | str | None, page_size: int, cost: ScanCost
+    mc: Client, *, status: Statuses | None, page_size: int, cost: ScanCost
 ) -> AsyncGenerator[MessageClusterRecord, None]:
     """Every cluster record of the table: a paginated Scan filtered on the cluster
     sort key. It reads every item of the table (the filter applies after the
     read), so it costs about table size / 4 KB read units (eventually
     consistent: half that)."""
     table = mc.settings.table
+    check_int("page_size", page_size, 1, why="items per DynamoDB Scan page")
     values: dict[str, Any] = {":rk": {"S": CLUSTER_SORT_KEY}}
     filters = "rk = :rk"
     names: dict[str, str] = {}
-    if status == CANCELLED:
-        filters += " AND statusCode = :stopped"
-        values[":stopped"] = {"N": str(int(StatusCode.STOPPED))}
-    elif status is not None:
-        filters += " AND #s = :s"  # ERROR includes cancelled clusters, as stored
-        names["#s"] = "status"
-        values[":s"] = {"S": str(status)}
+    if status is not None:
+        either = []
+        for n, wanted in enumerate(parse_cluster_statuses(status)):
+            if wanted == CANCELLED:
+                either.append("statusCode = :stopped")
+                values[":stopped"] = {"N": str(int(StatusCode.STOPPED))}
+            else:  # ERROR includes cancelled clusters, as stored
+                either.append(f"#s = :s{n}")
+                names["#s"] = "status"
+                values[f":s{n}"] = {"S": str(wanted)}
+        filters += f" AND ({' OR '.join(either)})"
     request: dict[str, Any] = {
         "TableName": table,
         "FilterExpression": filters,
@@ -214,7 +222,7 @@ def _status_arg(text: str) -> Status | str:
     try:
         return parse_cluster_status(text)
     except ValidationError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, or CANCELLED") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def ls(inv: Invocation) -> int:
@@ -373,7 +381,13 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
     parser.add_argument("--interval", type=seconds, default=1.0, help="seconds between polls")
     parser.add_argument("--timeout", type=seconds, default=None, help="give up after N seconds")
     parser = command("ls", ls, "list clusters, newest first (the table's cluster index)", key=False)
-    parser.add_argument("--status", type=_status_arg, default=None, help="only this status")
+    parser.add_argument(
+        "--status",
+        type=_status_arg,
+        action="append",
+        default=None,
+        help="only this status (repeatable: any of them); CANCELLED for cancelled clusters",
+    )
     parser.add_argument("--limit", type=positive, default=None, help="stop after N clusters")
     parser.add_argument("--page-size", type=positive, default=100, help="items per request")
     parser.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -24,8 +25,11 @@ __all__ = [
     "NotFound",
     "Unsupported",
     "UsageError",
+    "port",
     "positive",
+    "queue_name",
     "seconds",
+    "table_name",
 ]
 
 EXIT_OK: Final = 0
@@ -90,4 +94,42 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+_TABLE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+_QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+
+def table_name(text: str) -> str:
+    """A DynamoDB table name: 3-255 letters, digits, '_', '.' or '-'."""
+    if not _TABLE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid table name {text[:60]!r}: DynamoDB table names are 3-255 letters, "
+            "digits, '_', '.' or '-'"
+        )
+    return text
+
+
+def queue_name(text: str) -> str:
+    """An SQS queue name (1-80 letters, digits, '-' or '_', optional '.fifo'
+    within the 80), or a queue URL / ``sqs://`` URI whose last part is one."""
+    name = text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    base = name.removesuffix(".fifo")
+    if not _QUEUE_NAME.fullmatch(base) or len(name) > 80:
+        raise argparse.ArgumentTypeError(
+            f"invalid queue name {name[:80]!r}: SQS queue names are 1-80 letters, digits, "
+            "'-' or '_', with an optional '.fifo' suffix (within the 80)"
+        )
+    return text
+
+
+def port(text: str) -> int:
+    """A TCP port, 0-65535 (0: a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r:.40}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: a free one), got {value}")
     return value

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._provision import dlq_name
 from .._schemas import KEY_PREFIX
-from ._common import EXIT_OK, Invocation, UsageError
+from ._common import EXIT_OK, Invocation, UsageError, queue_name, table_name
 
 if TYPE_CHECKING:
     import argparse
@@ -243,11 +243,16 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
         f"{KEY_PREFIX}) and each --queue with its DLQ. Region and account default to *.",
     )
     parser.add_argument(
-        "--queue", action="append", metavar="NAME", help="a queue name (repeatable); its DLQ too"
+        "--queue",
+        action="append",
+        type=queue_name,
+        metavar="NAME",
+        help="a queue name, URL or sqs:// URI (repeatable); its DLQ too",
     )
     parser.add_argument(
         "--dynamodb-queue-table",
         action="append",
+        type=table_name,
         metavar="NAME",
         help="a table of dynamodb:// queues the application uses (repeatable)",
     )

@@ -13,7 +13,7 @@ import msgspec
 
 from .._provision import dlq_name
 from ._cluster_cmds import client
-from ._common import EXIT_OK, CliError, Invocation, UsageError, positive
+from ._common import EXIT_OK, CliError, Invocation, UsageError, port, positive, table_name
 
 if TYPE_CHECKING:
     import argparse
@@ -158,6 +158,7 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
     parser.add_argument(
         "--dynamodb-queue-table",
         metavar="NAME",
+        type=table_name,
         default=None,
         help="also create a table for dynamodb:// queues (with its ready index and TTL)",
     )
@@ -170,7 +171,7 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
         description="Run moto (patched for msgcluster) until Ctrl-C; prints the endpoint and "
         "the environment variables that point msgcluster and AWS tools at it.",
     )
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--port", type=port, default=0, help="port 0-65535 (default 0: a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     parser.set_defaults(handler=local)
 

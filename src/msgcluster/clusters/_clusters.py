@@ -41,14 +41,17 @@ from .._schemas import (
     ShardRecord,
     Status,
     StatusCode,
-    parse_cluster_status,
+    Statuses,
+    check_int,
+    parse_cluster_statuses,
+    parse_statuses,
 )
 from ..read._records import ParsedRecord
 from ._buckets import BUCKETED, bucket_counts, bucket_status, shard_bucket_items
 from ._callbacks import ClusterCallback, run_callback
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator
 
     from .._context import Context
 
@@ -144,7 +147,7 @@ def _shard_of(record: ShardRecord) -> int:
 async def list_clusters(
     ctx: Context,
     *,
-    status: Status | str | None = None,
+    status: Statuses | None = None,
     newest_first: bool = True,
     started_after: str | None = None,
     page_size: int = 100,
@@ -153,10 +156,18 @@ async def list_clusters(
     page of keys, then one BatchGetItem of records, per ``page_size``.
 
     The records are as stored (counts of closed shards; ``get_message_cluster``
-    sums a running cluster's shards). ``status`` filters them; ``started_after``
-    (an ISO time) bounds the range.
+    sums a running cluster's shards). ``status`` (one, or an iterable of them)
+    filters them; ``started_after`` (an ISO time) bounds the range.
     """
-    wanted = parse_cluster_status(status) if status is not None else None
+    wanted = parse_cluster_statuses(status) if status is not None else None
+    _check_bool("newest_first", newest_first)
+    check_int("page_size", page_size, 1, why="clusters per DynamoDB Query page")
+    if started_after is not None and (not isinstance(started_after, str) or not started_after):
+        raise ValidationError(
+            "started_after must be an ISO 8601 time string (as startedAt is stored, e.g. "
+            f"'2026-11-30T01:59:46.952Z'), got {type(started_after).__name__} "
+            f"{started_after!r:.40}"
+        )
     request: dict[str, Any] = {
         "TableName": ctx.table,
         "IndexName": CLUSTER_INDEX,
@@ -179,12 +190,17 @@ async def list_clusters(
             if item is None:
                 continue
             record = decode_item(item, MessageClusterRecord)
-            if wanted is None or wanted in (record.status, _status_of(record)):
+            if wanted is None or record.status in wanted or _status_of(record) in wanted:
                 yield record
         last = response.get("LastEvaluatedKey")
         if not last:
             return
         request["ExclusiveStartKey"] = last
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{name} must be True or False, got {type(value).__name__}")
 
 
 def _status_of(record: MessageClusterRecord) -> Status | str:
@@ -195,18 +211,21 @@ def _status_of(record: MessageClusterRecord) -> Status | str:
 async def iter_cluster_tasks(
     ctx: Context,
     key: object,
-    statuses: Iterable[Status | str] | None = None,
+    statuses: Statuses | None = None,
     *,
     consistent_read: bool = False,
     page_size: int = 500,
 ) -> AsyncIterator[MessageRecord]:
-    """Task records of a cluster in task order, optionally only some statuses.
+    """Task records of a cluster in task order, optionally only some statuses
+    (one, or an iterable of them).
 
     One paginated Query per shard partition (no Scan, no arrays).
     """
+    wanted = list(parse_statuses(statuses)) if statuses is not None else None
+    _check_bool("consistent_read", consistent_read)
+    check_int("page_size", page_size, 1, why="tasks per DynamoDB Query page")
     cid = cluster_id_from(key)
     record = decode_item(await _get_cluster_item(ctx, cid, consistent_read), MessageClusterRecord)
-    wanted = [Status.parse(s) for s in statuses] if statuses is not None else None
     for shard in range(_shard_count(record)):
         if record.layout >= BUCKETED:
             async for task in _bucketed_tasks(ctx, cid, shard, wanted, consistent_read, page_size):
