@@ -336,3 +336,17 @@ def test_settings_never_show_or_encode_secrets() -> None:
     assert SECRET not in str(info.value)
     again = client.with_options(claim=True)
     assert again.settings.credentials()["aws_secret_access_key"] == SECRET
+
+
+async def test_tracked_messages_on_a_memory_queue(mc: msgcluster.Client) -> None:
+    """memory:// is not an AWS backend: the Client does not hand it its SQS client."""
+    import uuid
+
+    uri = f"memory://edges-{uuid.uuid4().hex[:8]}"
+    key = await mc.send_message(uri, {"x": 1})
+    async with await open_queue(uri) as queue:
+        (message,) = await queue.receive(max_messages=1, wait_seconds=0)
+    assert await mc.is_complete(message) is False
+    assert await mc.mark_complete(message) is True
+    with pytest.raises(msgcluster.RecordNotFoundError):
+        await mc.get_message_record(key, consistent_read=True)

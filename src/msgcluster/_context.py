@@ -91,9 +91,11 @@ class Context:
         from .queues import PortableQueue, open_queue
 
         scheme = target.split("://", 1)[0].lower()
-        client = self.ddb if scheme == "dynamodb" else self.sqs
+        # The AWS backends use this Client's clients; any other backend its own.
+        clients = {"dynamodb": self.ddb, "sqs": self.sqs, "http": self.sqs, "https": self.sqs}
+        options = {"client": clients[scheme]} if scheme in clients else {}
         try:
-            opened = await open_queue(target, client=client)
+            opened = await open_queue(target, **options)
         except QueueNotFoundError as exc:
             raise QueueNotFoundError(
                 f"{exc} Check the queue URL (and region), or create the queue with "
