@@ -151,9 +151,9 @@ def test_local_aws_is_apart() -> None:
         for target, _ in imports(module):
             if group(module) == LOCAL and group(target) not in LOCAL_MAY_IMPORT | {LOCAL}:
                 wrong.append(f"{module} imports {target}")
-            if group(target) == LOCAL and group(module) not in LOCAL_IMPORTED_BY:
-                if not is_entry_point(module):
-                    wrong.append(f"{module} imports {target}")
+            importer_may = group(module) in LOCAL_IMPORTED_BY or is_entry_point(module)
+            if group(target) == LOCAL and not importer_may:
+                wrong.append(f"{module} imports {target}")
     assert not wrong, "\n".join(wrong)
 
 
