@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 
-from .._errors import ConfigurationError
+from ._checks import integer, seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,26 +53,23 @@ class HandlerPolicy(msgspec.Struct, frozen=True, kw_only=True):
 DEFAULT_POLICY: Final = HandlerPolicy()
 
 
-class _Checked(msgspec.Struct, kw_only=True):
-    retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    backoff: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    visibility: _Visibility | None = None
-
-
-def make_policy(**options: Any) -> HandlerPolicy:
-    """A checked policy, or ConfigurationError naming the bad option."""
-    backoff = options.get("backoff")
-    plain = {k: v for k, v in options.items() if not (k == "backoff" and callable(v))}
-    try:
-        checked = msgspec.convert(plain, _Checked, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigurationError(f"invalid handler option: {exc}") from None
+def make_policy(
+    *, retries: Any = None, backoff: Any = None, timeout: Any = None, visibility: Any = None
+) -> HandlerPolicy:
+    """A checked policy, or ConfigurationError naming the bad option: real ints,
+    finite seconds in range (or a callable ``backoff``)."""
+    what = "handler option"
     return HandlerPolicy(
-        retries=checked.retries,
-        backoff=backoff if callable(backoff) else checked.backoff,
-        timeout=checked.timeout,
-        visibility=checked.visibility,
+        retries=None if retries is None else integer(f"{what} retries", retries, 0, 1000),
+        backoff=backoff
+        if backoff is None or callable(backoff)
+        else seconds(f"{what} backoff", backoff, 0, 43_200, above=True),
+        timeout=None
+        if timeout is None
+        else seconds(f"{what} timeout", timeout, 0, 86_400, above=True),
+        visibility=None
+        if visibility is None
+        else seconds(f"{what} visibility", visibility, 0, 43_200, above=True),
     )
 
 

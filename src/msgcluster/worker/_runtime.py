@@ -35,11 +35,11 @@ from .._schemas import RecordKey, RecordType
 from ..clusters._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
-from ..queues._uri import parse_queue_uri, shown
+from ..queues._uri import shown
 from ._batch import Item, read_batch
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
-from ._options import check_options
+from ._options import check_options, check_worker_args, queue_shown
 from ._policy import DEFAULT_POLICY, HandlerPolicy, HandlerTimeoutError
 from ._settle import SettleSteps
 from ._tracing import destination_of, end_span, process_span
@@ -83,6 +83,14 @@ class Worker(SettleSteps):
         metrics: WorkerMetrics | None = None,
         queue_options: dict[str, Any] | None = None,
     ) -> None:
+        self._queue_options = check_worker_args(
+            app,
+            queue,
+            burst=burst,
+            handle_signals=handle_signals,
+            metrics=metrics,
+            queue_options=queue_options,
+        )
         check_options(
             concurrency=concurrency,
             receivers=receivers,
@@ -95,12 +103,8 @@ class Worker(SettleSteps):
             grace_seconds=grace_seconds,
             progress_seconds=progress_seconds,
         )
-        app.check_ready()
-        if isinstance(queue, str):
-            parse_queue_uri(queue)  # a malformed URI (or one with credentials) fails here
         self.app = app
         self._queue_arg = queue
-        self._queue_options = queue_options or {}
         self.concurrency = concurrency
         self.receivers = receivers or max(1, min(4, math.ceil(concurrency / 10)))
         self.prefetch = 10 * self.receivers if prefetch is None else prefetch
@@ -114,7 +118,7 @@ class Worker(SettleSteps):
         # A progress line every this many seconds (0: none; the runner logs its own).
         self.progress_seconds = progress_seconds
         self.handle_signals = handle_signals
-        self.metrics: WorkerMetrics = metrics or LoggingMetrics()
+        self.metrics: WorkerMetrics = LoggingMetrics() if metrics is None else metrics
         self._init_state()
 
     def _init_state(self) -> None:
@@ -139,8 +143,7 @@ class Worker(SettleSteps):
     # ------------------------------------------------------------------ API
 
     def __repr__(self) -> str:
-        queue = self._queue_arg if isinstance(self._queue_arg, str) else self._queue_arg.uri
-        queue = shown(queue)
+        queue = queue_shown(self._queue_arg)
         state = "stopping" if self._stopping.is_set() else f"{self._in_flight} in flight"
         return f"<Worker {queue!r} concurrency={self.concurrency} {state}>"
 
