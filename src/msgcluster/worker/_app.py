@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
 
 import msgspec
-import msgspec.inspect
 
 from .._client import Client
 from .._context import check_queue_target
@@ -24,6 +23,7 @@ from .._errors import ConfigurationError, ValidationError
 from ..clusters._callbacks import CallbackRegistry
 from ..queues._registry import check_queue_uri
 from ..read._bodies import BodyDecoder, body_decoder
+from ..runtime._body_types import body_type_problem
 from ._policy import DEFAULT_POLICY, HandlerPolicy, make_policy
 
 if TYPE_CHECKING:
@@ -117,7 +117,9 @@ class App:
         ``timeout`` (seconds a run may take) and ``visibility`` (seconds the
         message stays invisible while it runs).
         """
-        _check_body_type(body_type)
+        problem = body_type_problem(body_type)
+        if problem is not None:
+            raise ConfigurationError(f"app.handler(body_type): {problem}")
         policy = make_policy(
             retries=retries, backoff=backoff, timeout=timeout, visibility=visibility
         )
@@ -329,44 +331,3 @@ def _accepts(body_type: Any, body: Any) -> bool:
 
 def _type_name(value: Any) -> str:
     return getattr(value, "__name__", None) or repr(value)
-
-
-def _check_body_type(body_type: Any) -> None:
-    """A type msgspec decodes JSON into (or str, bytes, Any): refused at
-    ``app.handler(...)``, not when the first message fails to decode."""
-    plain = isinstance(body_type, str | bytes | int | float) or body_type is None
-    if plain:
-        kind = type(body_type).__name__
-        shown = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
-    else:
-        shown = body_type.__name__ if isinstance(body_type, type) else repr(body_type)
-    hint = "use a msgspec.Struct (or a dataclass, list[...], dict[...]), str, bytes or typing.Any"
-    try:
-        info = msgspec.inspect.type_info(body_type)
-    except (TypeError, ValueError):
-        info = None
-    if info is None or plain:
-        raise ConfigurationError(f"app.handler(body_type): {shown} is not a type; {hint}")
-    custom = _custom_type(info, set())
-    if custom is not None:
-        raise ConfigurationError(
-            f"app.handler({shown}): msgspec cannot decode a body into {_type_name(custom)}; {hint}"
-        )
-
-
-def _custom_type(info: Any, seen: set[int]) -> type | None:
-    """The first class in ``info`` that msgspec has no decoder for."""
-    if isinstance(info, msgspec.inspect.CustomType):
-        return info.cls
-    if id(info) in seen or not isinstance(info, msgspec.Struct):
-        return None
-    seen.add(id(info))
-    for name in info.__struct_fields__:
-        value = getattr(info, name)
-        for part in value if isinstance(value, tuple) else (value,):
-            if isinstance(part, msgspec.inspect.Field):
-                part = part.type
-            found = _custom_type(part, seen)
-            if found is not None:
-                return found
-    return None
