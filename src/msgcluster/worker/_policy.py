@@ -9,16 +9,18 @@ every field left out takes the Worker's value (``backoff_base``,
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
+import anyio
 import msgspec
 
 from ._checks import integer, seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
-__all__ = ["DEFAULT_POLICY", "HandlerPolicy", "HandlerTimeoutError", "make_policy"]
+__all__ = ["DEFAULT_POLICY", "HandlerPolicy", "HandlerTimeoutError", "make_policy", "time_limit"]
 
 # SQS's bounds for a visibility timeout; 0 would make a running message visible.
 _Visibility = Annotated[float, msgspec.Meta(gt=0, le=43_200)]
@@ -75,3 +77,15 @@ def make_policy(
 
 class HandlerTimeoutError(TimeoutError):
     """A handler ran past its policy's ``timeout`` and was cancelled."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Cancel the block after ``seconds`` (a policy's timeout), as a failure."""
+    if seconds is None:
+        yield
+        return
+    with anyio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise HandlerTimeoutError(f"the handler ran past its timeout of {seconds:g} s")
