@@ -343,3 +343,22 @@ async def test_a_plain_deep_body_fails_alone() -> None:
             ).run()
     assert sorted(handled) == list(range(9))
     assert stats["dead_lettered"] == 1
+
+
+BAD_LIFESPANS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[MsgclusterError]]] = [
+    ("client an int", (5,), {}, ValidationError),
+    ("workers not callable", (), {"workers": 3, "table": "t1x"}, ConfigurationError),
+    ("lifespan not callable", (), {"lifespan": "x", "table": "t1x"}, ConfigurationError),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"), [c[1:] for c in BAD_LIFESPANS], ids=[c[0] for c in BAD_LIFESPANS]
+)
+def test_bad_fastapi_lifespans(
+    args: tuple[Any, ...], kwargs: dict[str, Any], error: type[MsgclusterError]
+) -> None:
+    fastapi = pytest.importorskip("msgcluster.integrations.fastapi")
+    with pytest.raises(error) as info:
+        fastapi.msgcluster_lifespan(*args, **kwargs)
+    assert_one_line(info.value)
