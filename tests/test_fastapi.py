@@ -315,8 +315,11 @@ async def test_a_worker_that_fails_is_logged_and_the_app_keeps_serving(
 ) -> None:
     reset_memory_queues()
 
+    # A queue that does not exist: the URI is valid, so it fails only when run.
+    missing = f"sqs://no-such-queue-{uuid.uuid4().hex[:8]}"
+
     def broken(client: msgcluster.Client) -> list[Worker]:
-        return [Worker(handling_app(client), "memory://jobs?no_such_option=1")]
+        return [Worker(handling_app(client), missing)]
 
     app = example_app("unused", msgcluster_lifespan(mc, workers=broken))
     with caplog.at_level(logging.ERROR, logger="msgcluster.fastapi"):
@@ -324,7 +327,20 @@ async def test_a_worker_that_fails_is_logged_and_the_app_keeps_serving(
             await anyio.sleep(0.1)
             assert (await client.get("/table")).status_code == 200
     assert "background worker 0 stopped with an error" in caplog.text
-    assert "no_such_option" in caplog.text
+    assert "QueueNotFoundError" in caplog.text
+
+
+async def test_a_worker_with_a_bad_queue_uri_fails_the_startup(mc: msgcluster.Client) -> None:
+    """A bad URI is refused when the Worker is built (in workers(client)), so the
+    app does not start serving with a worker that can never run."""
+
+    def broken(client: msgcluster.Client) -> list[Worker]:
+        return [Worker(handling_app(client), "memory://jobs?no_such_option=1")]
+
+    app = example_app("unused", msgcluster_lifespan(mc, workers=broken))
+    with pytest.raises(msgcluster.QueueURIError, match="no_such_option"):
+        async with app.router.lifespan_context(app):
+            pass
 
 
 async def test_own_lifespan_wraps_the_workers(mc: msgcluster.Client) -> None:

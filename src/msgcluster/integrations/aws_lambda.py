@@ -31,10 +31,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, ValidationError
 from ..queues._contract import ReceivedMessage
 from ..read._incoming import MessageKind
-from ..runtime._safe_batch import FifoFailure, safe_process_batch
+from ..runtime._safe_batch import FifoFailure, check_batch_options, safe_process_batch
+from ..worker import App
 from ..worker._context import MessageContext
 from ..worker._flow import Ack
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from .._client import Client
     from ..read._incoming import SqsMessage
     from ..read._records import ParsedRecord
-    from ..worker import App
 
 __all__ = ["SqsLambdaHandler", "lambda_handler"]
 
@@ -140,5 +140,12 @@ def lambda_handler(
     """A Lambda handler ``(event, context) -> {"batchItemFailures": [...]}`` for
     ``app``; create it once at module level so warm invocations reuse it.
     ``fifo_failure``: on a FIFO queue, a failure fails the rest of its group
-    (the default) or the rest of the batch (``"rest_of_batch"``)."""
+    (the default) or the rest of the batch (``"rest_of_batch"``). Bad arguments
+    raise :class:`~msgcluster.ValidationError` here, not at the first event."""
+    if not isinstance(app, App):
+        raise ValidationError(
+            f"lambda_handler(app): app must be a msgcluster.App with handlers registered, "
+            f"got {type(app).__name__}"
+        )
+    check_batch_options(concurrency=concurrency, fifo_failure=fifo_failure)
     return SqsLambdaHandler(app, concurrency, fifo_failure)

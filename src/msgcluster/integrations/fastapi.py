@@ -45,7 +45,7 @@ except ImportError as exc:  # fastapi is an optional dependency
     ) from exc
 
 from .._client import Client
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, ValidationError
 from ..worker import Worker
 
 __all__ = [
@@ -118,6 +118,7 @@ def msgcluster_lifespan(
     stopped; what it yields is yielded (lifespan state). Or enter this one in
     yours: ``async with msgcluster_lifespan(...)(app): ...``.
     """
+    _check_arguments(client, workers=workers, lifespan=lifespan)
     if client is not None and client_options:
         raise TypeError("msgcluster_lifespan takes an open Client or Client options, not both")
     if client is None:
@@ -149,6 +150,19 @@ def msgcluster_lifespan(
                 # Leaving the task group waits for every worker to drain.
 
     return msgcluster_lifespan_context
+
+
+def _check_arguments(client: object, **functions: object) -> None:
+    if client is not None and not isinstance(client, Client):
+        raise ValidationError(
+            f"msgcluster_lifespan(client): client must be an open msgcluster.Client, "
+            f"got {type(client).__name__}"
+        )
+    for name, value in functions.items():
+        if value is not None and not callable(value):
+            raise ConfigurationError(
+                f"msgcluster_lifespan({name}=...) takes a function, got {type(value).__name__}"
+            )
 
 
 @asynccontextmanager

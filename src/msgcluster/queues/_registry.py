@@ -15,18 +15,20 @@ import importlib.metadata
 import importlib.util
 import re
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
 
 from .._errors import (
     BackendUnavailableError,
     ConfigurationError,
+    QueueURIError,
     UnknownSchemeError,
 )
 from ._contract import Driver, Queue
 from ._portable import PortableQueue
-from ._uri import parse_queue_uri
+from ._uri import parse_queue_uri, read_params
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Generator
+    from collections.abc import Awaitable, Callable, Generator
     from types import TracebackType
 
     from ._offload import PayloadStore
@@ -36,6 +38,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "OpeningQueue",
     "QueueFactory",
+    "check_queue_uri",
     "open_queue",
     "register_backend",
     "registered_schemes",
@@ -110,6 +113,67 @@ def open_queue(uri: str, /, **options: Any) -> OpeningQueue:
     parsed = parse_queue_uri(uri)
     payloads = options.pop("payloads", None)
     return OpeningQueue(_factory_for(parsed.scheme), parsed, options, payloads)
+
+
+def check_queue_uri(uri: str, /, **options: Any) -> QueueURI:
+    """``uri`` parsed and checked as :func:`open_queue` would, without opening
+    anything (no I/O): the scheme has a backend, and for the built-in backends
+    the queue name, query parameters and ``options`` are valid. A third-party
+    factory is asked too if it has a ``check(uri, **options)`` attribute.
+
+    Raises :class:`~msgcluster.QueueURIError` (or UnknownSchemeError,
+    BackendUnavailableError); the message never repeats a credential.
+    """
+    parsed = parse_queue_uri(uri)
+    if "@" in unquote(parsed.location):  # user%3Apassword%40host: still credentials
+        raise QueueURIError(
+            f"queue URIs never carry credentials, percent-encoded or not: remove the "
+            f"user:password@ part of the {parsed.scheme}:// URI and configure credentials "
+            "the usual way (environment, profile, role)"
+        )
+    options = {k: v for k, v in options.items() if k != "payloads"}
+    factory = _factory_for(parsed.scheme)
+    backend = _ALIASES.get(parsed.scheme, parsed.scheme)
+    if parsed.scheme not in _registered and backend not in _registered and backend in _CHECKS:
+        _CHECKS[backend](parsed, options)
+    else:
+        check = getattr(factory, "check", None)
+        if callable(check):
+            check(parsed, **options)
+    return parsed
+
+
+def _check_memory(uri: QueueURI, options: dict[str, Any]) -> None:
+    from ._memory import PARAMS, _config
+
+    params = read_params(uri, options, PARAMS)
+    params.pop("clock", None)
+    _config(uri.location, params)
+
+
+def _check_sqs(uri: QueueURI, options: dict[str, Any]) -> None:
+    from ._sqs import PARAMS, _target
+
+    read_params(uri, options, PARAMS)
+    _target(uri)
+
+
+def _check_dynamodb(uri: QueueURI, options: dict[str, Any]) -> None:
+    from ._dynamodb import _TABLE, PARAMS
+
+    read_params(uri, options, PARAMS)
+    if not _TABLE.fullmatch(uri.location.rstrip("/")):
+        raise QueueURIError(
+            "dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .) before the "
+            "query, as in dynamodb://my-table?queue=jobs"
+        )
+
+
+_CHECKS: dict[str, Callable[[QueueURI, dict[str, Any]], None]] = {
+    "memory": _check_memory,
+    "sqs": _check_sqs,
+    "dynamodb": _check_dynamodb,
+}
 
 
 class OpeningQueue:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -31,6 +32,7 @@ from ..clusters._callbacks import run_callback
 from ..clusters._group_commit import settle_together
 from ..read._incoming import Incoming, MessageKind, SqsMessage, classify, kind_of, normalize
 from ..read._records import ParsedRecord, load_incoming
+from ._body_types import body_type_problem
 from ._claims import claim_batch
 from ._consume import is_complete_batch, mark_failed
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from .._context import Context
     from .._schemas import RecordKey
 
-__all__ = ["safe_process_batch"]
+__all__ = ["check_batch_options", "safe_process_batch"]
 
 log = logging.getLogger("msgcluster")
 
@@ -52,6 +54,30 @@ class _GroupBlocked(Exception):
 _NOT_FAILURES = (_GroupBlocked, ClaimHeldError)
 FifoFailure = Literal["rest_of_group", "rest_of_batch"]
 _FIFO_FAILURES: Final = ("rest_of_group", "rest_of_batch")
+MAX_CONCURRENCY: Final = 10_000
+
+
+def check_batch_options(*, concurrency: object, fifo_failure: object) -> None:
+    """``concurrency`` an int from 1 to 10,000 (not a bool, str or float) and
+    ``fifo_failure`` one of its two values, else ValidationError."""
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_CONCURRENCY
+    ):
+        shown = (
+            repr(concurrency)
+            if isinstance(concurrency, int | float) and not math.isnan(concurrency)
+            else f"a {type(concurrency).__name__}"
+        )
+        raise ValidationError(
+            f"concurrency must be an integer from 1 to {MAX_CONCURRENCY:,}, got {shown}"
+        )
+    if fifo_failure not in _FIFO_FAILURES:
+        shown = repr(fifo_failure) if isinstance(fifo_failure, str) else type(fifo_failure).__name__
+        raise ValidationError(
+            f"fifo_failure is 'rest_of_group' or 'rest_of_batch', got {shown:.40}"
+        )
 
 
 class _Item:
@@ -133,10 +159,17 @@ async def safe_process_batch(
     its message group (``fifo_failure="rest_of_group"``, Powertools'
     ``skip_group_on_error=True``), or the rest of the batch, processed in
     order (``"rest_of_batch"``, Powertools' default)."""
-    if fifo_failure not in _FIFO_FAILURES:
+    check_batch_options(concurrency=concurrency, fifo_failure=fifo_failure)
+    if not callable(process_record):
         raise ValidationError(
-            f"fifo_failure is 'rest_of_group' or 'rest_of_batch', got {fifo_failure!r:.40}"
+            "process_record must be a function of one record (async or not), "
+            f"got {type(process_record).__name__}"
         )
+    problem = body_type_problem(body_type)
+    if problem is not None:
+        raise ValidationError(f"body_type: {problem}")
+    if fifo is not None and not isinstance(fifo, bool):
+        raise ValidationError(f"fifo is True, False or None (detect), got {type(fifo).__name__}")
     messages = _records_of(event)
     everything = [_read(ctx, message) for message in messages]
     items, copies = _first_deliveries(everything)
@@ -220,13 +253,27 @@ class _Batch:
         self.ctx = ctx
         self.process_record = process_record
         self.body_type = body_type
-        self.limiter = anyio.CapacityLimiter(max(1, concurrency))
+        self.limiter = anyio.CapacityLimiter(concurrency)
+        # SystemExit, KeyboardInterrupt... raised by process_record: re-raised
+        # as itself once the batch stopped (never left to escape a child task,
+        # where anyio/asyncio would turn it into a group or a bare cancellation).
+        self.fatal: BaseException | None = None
+        self._scope: anyio.CancelScope | None = None
 
     async def run(self, items: list[_Item], *, fifo: bool, whole_batch: bool = False) -> None:
+        try:
+            await self._run(items, fifo=fifo, whole_batch=whole_batch)
+        finally:
+            fatal, self.fatal = self.fatal, None
+        if fatal is not None:
+            raise fatal
+
+    async def _run(self, items: list[_Item], *, fifo: bool, whole_batch: bool) -> None:
         if fifo and whole_batch:
             await self._run_group(items)  # in order; the first failure fails the rest
             return
         async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
             if fifo:
                 groups: dict[str, list[_Item]] = {}
                 for item in items:
@@ -245,6 +292,8 @@ class _Batch:
     async def _run_group(self, group: list[_Item]) -> None:
         failed = False
         for item in group:
+            if self.fatal is not None:
+                return
             if failed:
                 item.error = item.error or _GroupBlocked()
                 continue
@@ -273,6 +322,15 @@ class _Batch:
         except Exception as exc:
             item.error = exc
             log.warning("message %s failed: %s", item.message.id, exc, exc_info=exc)
+            return
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            # SystemExit, KeyboardInterrupt: stop the batch; run() re-raises it.
+            item.error = exc
+            self.fatal = self.fatal or exc
+            if self._scope is not None:
+                self._scope.cancel()
             return
         item.ok = True
 

@@ -17,16 +17,18 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
 
 import msgspec
 
+from .._client import Client
 from .._context import check_queue_target
 from .._errors import ConfigurationError, ValidationError
 from ..clusters._callbacks import CallbackRegistry
+from ..queues._registry import check_queue_uri
 from ..read._bodies import BodyDecoder, body_decoder
+from ..runtime._body_types import body_type_problem
 from ._policy import DEFAULT_POLICY, HandlerPolicy, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
-    from .._client import Client
     from .._results import BatchSendResult
     from .._schemas import RecordKey
     from .._settings import Settings
@@ -63,8 +65,16 @@ class App:
     def __init__(
         self, client: Client | None = None, *, name: str = "msgcluster", queue: str | None = None
     ) -> None:
+        if client is not None and not isinstance(client, Client):
+            raise ValidationError(
+                "App(client=...) takes a msgcluster.Client (or None for plain bodies only), "
+                f"got {type(client).__name__}"
+            )
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"App(name=...) takes a non-empty str, got {type(name).__name__}")
         if queue is not None:
-            check_queue_target(queue)
+            # Malformed, credentials, unknown scheme or parameter: refused now.
+            check_queue_uri(check_queue_target(queue))
         self.client = client
         self.name = name
         # The queue send() and the runner use when none is named.
@@ -107,6 +117,9 @@ class App:
         ``timeout`` (seconds a run may take) and ``visibility`` (seconds the
         message stays invisible while it runs).
         """
+        problem = body_type_problem(body_type)
+        if problem is not None:
+            raise ConfigurationError(f"app.handler(body_type): {problem}")
         policy = make_policy(
             retries=retries, backoff=backoff, timeout=timeout, visibility=visibility
         )
@@ -293,8 +306,6 @@ class App:
     async def opened(self, settings: Settings | None = None) -> AsyncIterator[Client]:
         """The App's Client, open for the block: opened (and closed after) if it is
         not open yet; made from ``settings`` (or the environment) if the App has none."""
-        from .._client import Client
-
         if self.client is None:
             self.client = Client._from_settings(settings) if settings else Client()
             for name, func in self._callbacks.callbacks.items():

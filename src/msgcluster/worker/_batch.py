@@ -74,7 +74,18 @@ async def read_batch(app: App, items: list[Item]) -> None:
         if original is not item:
             item.copy_of, item.outcome = original, Outcome.SKIPPED
             continue
-        await _read(app, ctx, item)
+        try:
+            await _read(app, ctx, item)
+        except Exception as exc:
+            # Unexpected (a reader bug, RecursionError on a deeply nested body):
+            # this message is poison; the rest of the batch goes on.
+            log.debug("reading message %s raised", item.message.id, exc_info=exc)
+            poison(item, RecordError(
+                f"message {item.message.id} could not be read: {type(exc).__name__}: "
+                f"{str(exc)[:200]}",
+                message_id=item.message.id,
+            ))  # fmt: skip
+            continue
         if item.outcome is None and item.record is not None:
             tracked.append(item)
     if tracked and client is not None:

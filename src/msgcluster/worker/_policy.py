@@ -9,16 +9,18 @@ every field left out takes the Worker's value (``backoff_base``,
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
+import anyio
 import msgspec
 
-from .._errors import ConfigurationError
+from ._checks import integer, seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
-__all__ = ["DEFAULT_POLICY", "HandlerPolicy", "HandlerTimeoutError", "make_policy"]
+__all__ = ["DEFAULT_POLICY", "HandlerPolicy", "HandlerTimeoutError", "make_policy", "time_limit"]
 
 # SQS's bounds for a visibility timeout; 0 would make a running message visible.
 _Visibility = Annotated[float, msgspec.Meta(gt=0, le=43_200)]
@@ -53,28 +55,37 @@ class HandlerPolicy(msgspec.Struct, frozen=True, kw_only=True):
 DEFAULT_POLICY: Final = HandlerPolicy()
 
 
-class _Checked(msgspec.Struct, kw_only=True):
-    retries: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    backoff: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    visibility: _Visibility | None = None
-
-
-def make_policy(**options: Any) -> HandlerPolicy:
-    """A checked policy, or ConfigurationError naming the bad option."""
-    backoff = options.get("backoff")
-    plain = {k: v for k, v in options.items() if not (k == "backoff" and callable(v))}
-    try:
-        checked = msgspec.convert(plain, _Checked, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigurationError(f"invalid handler option: {exc}") from None
+def make_policy(
+    *, retries: Any = None, backoff: Any = None, timeout: Any = None, visibility: Any = None
+) -> HandlerPolicy:
+    """A checked policy, or ConfigurationError naming the bad option: real ints,
+    finite seconds in range (or a callable ``backoff``)."""
+    what = "handler option"
     return HandlerPolicy(
-        retries=checked.retries,
-        backoff=backoff if callable(backoff) else checked.backoff,
-        timeout=checked.timeout,
-        visibility=checked.visibility,
+        retries=None if retries is None else integer(f"{what} retries", retries, 0, 1000),
+        backoff=backoff
+        if backoff is None or callable(backoff)
+        else seconds(f"{what} backoff", backoff, 0, 43_200, above=True),
+        timeout=None
+        if timeout is None
+        else seconds(f"{what} timeout", timeout, 0, 86_400, above=True),
+        visibility=None
+        if visibility is None
+        else seconds(f"{what} visibility", visibility, 0, 43_200, above=True),
     )
 
 
 class HandlerTimeoutError(TimeoutError):
     """A handler ran past its policy's ``timeout`` and was cancelled."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Cancel the block after ``seconds`` (a policy's timeout), as a failure."""
+    if seconds is None:
+        yield
+        return
+    with anyio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise HandlerTimeoutError(f"the handler ran past its timeout of {seconds:g} s")

@@ -21,7 +21,6 @@ Shape (saq / faststream style, on anyio):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -35,17 +34,17 @@ from .._schemas import RecordKey, RecordType
 from ..clusters._callbacks import DEFAULT_LEASE_SECONDS as CALLBACK_LEASE_SECONDS
 from ..queues import Queue, ReceivedMessage, open_queue
 from ..queues._portable import wrap
-from ..queues._uri import parse_queue_uri, shown
+from ..queues._uri import shown
 from ._batch import Item, read_batch
 from ._flow import Ack, Reject, Retry
 from ._metrics import LoggingMetrics, Outcome, WorkerMetrics, WorkerStats
-from ._options import check_options
-from ._policy import DEFAULT_POLICY, HandlerPolicy, HandlerTimeoutError
+from ._options import check_options, check_worker_args, queue_shown
+from ._policy import DEFAULT_POLICY, HandlerPolicy, time_limit
 from ._settle import SettleSteps
 from ._tracing import destination_of, end_span, process_span
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator
+    from collections.abc import Awaitable
 
     from ._app import App
 
@@ -83,6 +82,14 @@ class Worker(SettleSteps):
         metrics: WorkerMetrics | None = None,
         queue_options: dict[str, Any] | None = None,
     ) -> None:
+        self._queue_options = check_worker_args(
+            app,
+            queue,
+            burst=burst,
+            handle_signals=handle_signals,
+            metrics=metrics,
+            queue_options=queue_options,
+        )
         check_options(
             concurrency=concurrency,
             receivers=receivers,
@@ -95,12 +102,8 @@ class Worker(SettleSteps):
             grace_seconds=grace_seconds,
             progress_seconds=progress_seconds,
         )
-        app.check_ready()
-        if isinstance(queue, str):
-            parse_queue_uri(queue)  # a malformed URI (or one with credentials) fails here
         self.app = app
         self._queue_arg = queue
-        self._queue_options = queue_options or {}
         self.concurrency = concurrency
         self.receivers = receivers or max(1, min(4, math.ceil(concurrency / 10)))
         self.prefetch = 10 * self.receivers if prefetch is None else prefetch
@@ -114,7 +117,7 @@ class Worker(SettleSteps):
         # A progress line every this many seconds (0: none; the runner logs its own).
         self.progress_seconds = progress_seconds
         self.handle_signals = handle_signals
-        self.metrics: WorkerMetrics = metrics or LoggingMetrics()
+        self.metrics: WorkerMetrics = LoggingMetrics() if metrics is None else metrics
         self._init_state()
 
     def _init_state(self) -> None:
@@ -135,12 +138,15 @@ class Worker(SettleSteps):
         self._callbacks_running: dict[RecordKey, anyio.Event] = {}
         # Receivers waiting for slots or backing off: cancelled by stop().
         self._waits: set[anyio.CancelScope] = set()
+        # SystemExit/KeyboardInterrupt from a handler or callback: run() stops
+        # at once (in-flight messages released) and re-raises it as itself.
+        self._fatal: BaseException | None = None
+        self._service: anyio.CancelScope | None = None
 
     # ------------------------------------------------------------------ API
 
     def __repr__(self) -> str:
-        queue = self._queue_arg if isinstance(self._queue_arg, str) else self._queue_arg.uri
-        queue = shown(queue)
+        queue = queue_shown(self._queue_arg)
         state = "stopping" if self._stopping.is_set() else f"{self._in_flight} in flight"
         return f"<Worker {queue!r} concurrency={self.concurrency} {state}>"
 
@@ -176,6 +182,7 @@ class Worker(SettleSteps):
         self._destination = destination_of(queue)
         self.stats = WorkerStats()
         async with anyio.create_task_group() as service:
+            self._service = service.cancel_scope
             if self.handle_signals:
                 service.start_soon(self._watch_signals)
             service.start_soon(self._heartbeat)
@@ -204,7 +211,21 @@ class Worker(SettleSteps):
             service.cancel_scope.cancel()
         self.stats.stopped_at = time.monotonic()
         self.metrics.stopped(self.stats)
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal
         return self.stats
+
+    def _abort(self, exc: BaseException) -> None:
+        """A handler raised SystemExit, KeyboardInterrupt...: keep it for run()
+        (never let it escape a task: anyio/asyncio would turn it into an
+        exception group or a bare cancellation) and stop now."""
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise exc
+        self._fatal = self._fatal or exc
+        self.stop()
+        if self._service is not None:
+            self._service.cancel()
 
     # ------------------------------------------------------------- receiving
 
@@ -315,6 +336,8 @@ class Worker(SettleSteps):
             # A settle step failed (AWS down?): nothing unsettled is acked; it
             # is released below and comes back, and duplicates are skipped.
             log.error("settling a batch of %d failed: %r", len(items), exc)
+        except BaseException as exc:  # SystemExit from a cluster callback...
+            self._abort(exc)
         finally:
             # Whatever is not settled by now (cancelled at shutdown, or a
             # settle step failed) becomes visible again for another worker.
@@ -343,10 +366,11 @@ class Worker(SettleSteps):
             kind = "ClusterEvent" if item.body is None else type(item.body).__name__
             with process_span(self._destination, item.message, kind) as span:
                 await self._run_handler(item)
+                if item.outcome is None:  # aborted (see _abort): released
+                    return
                 failed = item.outcome is Outcome.DEAD_LETTERED or (
                     item.outcome is Outcome.RETRIED and not isinstance(item.error, Retry)
                 )
-                assert item.outcome is not None
                 end_span(span, item.outcome.value, item.error, failed)
         finally:
             self._limiter.release()
@@ -364,7 +388,7 @@ class Worker(SettleSteps):
             if event:
                 await self._run_completion_event(item)
             else:
-                with _time_limit(policy.timeout):
+                with time_limit(policy.timeout):
                     await self.app.dispatch(item.body, item.ctx)
                 item.outcome = Outcome.SUCCEEDED
         except Ack:
@@ -375,6 +399,8 @@ class Worker(SettleSteps):
             item.outcome, item.error = Outcome.DEAD_LETTERED, exc
         except Exception as exc:
             self._failed(item, policy, exc)
+        except BaseException as exc:  # released below (outcome None)
+            self._abort(exc)
         finally:
             item.seconds = time.monotonic() - started
             self._running.pop(id(item), None)
@@ -469,15 +495,3 @@ class Worker(SettleSteps):
                     self.stop()
         except (NotImplementedError, ValueError):  # not the main thread / platform
             return
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float | None) -> Iterator[None]:
-    """Cancel the block after ``seconds`` (a policy's timeout), as a failure."""
-    if seconds is None:
-        yield
-        return
-    with anyio.move_on_after(seconds) as scope:
-        yield
-    if scope.cancelled_caught:
-        raise HandlerTimeoutError(f"the handler ran past its timeout of {seconds:g} s")
