@@ -95,14 +95,21 @@ PARAMS: dict[str, Param[Any]] = {
 }
 
 
-async def open_dynamodb_queue(uri: QueueURI, /, **options: Any) -> DynamoQueue:
-    """The backend factory registered for ``dynamodb://``."""
+def check_uri(uri: QueueURI, /, **options: Any) -> tuple[str, dict[str, Any]]:
+    """The table name and the queue's parameters, checked without opening it."""
     params = read_params(uri, options, PARAMS)
     table = uri.location.rstrip("/")
     if not _TABLE.fullmatch(table):
         raise QueueURIError(
-            "dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .) before any '?'"
+            "dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .) before the query, "
+            "as in dynamodb://my-table?queue=jobs"
         )
+    return table, params
+
+
+async def open_dynamodb_queue(uri: QueueURI, /, **options: Any) -> DynamoQueue:
+    """The backend factory registered for ``dynamodb://``."""
+    table, params = check_uri(uri, **options)
     queue = DynamoQueue(uri.uri, table, params)
     try:
         await queue._open()

@@ -77,11 +77,20 @@ def reset_memory_queues() -> None:
     _STORES.clear()
 
 
+def check_uri(uri: QueueURI, /, **options: Any) -> tuple[MemoryConfig, dict[str, Any]]:
+    """The queue's configuration and parameters, checked without opening it."""
+    params = read_params(uri, options, PARAMS)
+    clock = params.pop("clock", None)
+    config = _config(uri.location, params)
+    if clock is not None:
+        params["clock"] = clock
+    return config, params
+
+
 async def open_memory_queue(uri: QueueURI, /, **options: Any) -> MemoryQueue:
     """The backend factory registered for ``memory://``."""
-    params = read_params(uri, options, PARAMS)
+    config, params = check_uri(uri, **options)
     clock: Callable[[], float] | None = params.pop("clock", None)
-    config = _config(uri.location, params)
     store = _STORES.get(config.name)
     if store is None:
         store = _create(config, clock or time.monotonic)

@@ -14,21 +14,19 @@ import importlib
 import importlib.metadata
 import importlib.util
 import re
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .._errors import (
     BackendUnavailableError,
     ConfigurationError,
-    QueueURIError,
     UnknownSchemeError,
 )
 from ._contract import Driver, Queue
 from ._portable import PortableQueue
-from ._uri import parse_queue_uri, read_params
+from ._uri import parse_queue_uri
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator
+    from collections.abc import Awaitable, Generator
     from types import TracebackType
 
     from ._offload import PayloadStore
@@ -125,55 +123,20 @@ def check_queue_uri(uri: str, /, **options: Any) -> QueueURI:
     BackendUnavailableError); the message never repeats a credential.
     """
     parsed = parse_queue_uri(uri)
-    if "@" in unquote(parsed.location):  # user%3Apassword%40host: still credentials
-        raise QueueURIError(
-            f"queue URIs never carry credentials, percent-encoded or not: remove the "
-            f"user:password@ part of the {parsed.scheme}:// URI and configure credentials "
-            "the usual way (environment, profile, role)"
-        )
     options = {k: v for k, v in options.items() if k != "payloads"}
     factory = _factory_for(parsed.scheme)
     backend = _ALIASES.get(parsed.scheme, parsed.scheme)
-    if parsed.scheme not in _registered and backend not in _registered and backend in _CHECKS:
-        _CHECKS[backend](parsed, options)
+    if parsed.scheme not in _registered and backend not in _registered and backend in _BUILT_IN:
+        check = importlib.import_module(_BUILT_IN[backend], __package__).check_uri
     else:
         check = getattr(factory, "check", None)
-        if callable(check):
-            check(parsed, **options)
+    if callable(check):
+        check(parsed, **options)
     return parsed
 
 
-def _check_memory(uri: QueueURI, options: dict[str, Any]) -> None:
-    from ._memory import PARAMS, _config
-
-    params = read_params(uri, options, PARAMS)
-    params.pop("clock", None)
-    _config(uri.location, params)
-
-
-def _check_sqs(uri: QueueURI, options: dict[str, Any]) -> None:
-    from ._sqs import PARAMS, _target
-
-    read_params(uri, options, PARAMS)
-    _target(uri)
-
-
-def _check_dynamodb(uri: QueueURI, options: dict[str, Any]) -> None:
-    from ._dynamodb import _TABLE, PARAMS
-
-    read_params(uri, options, PARAMS)
-    if not _TABLE.fullmatch(uri.location.rstrip("/")):
-        raise QueueURIError(
-            "dynamodb:// takes a table name (3-255 of A-Z a-z 0-9 _ - .) before the "
-            "query, as in dynamodb://my-table?queue=jobs"
-        )
-
-
-_CHECKS: dict[str, Callable[[QueueURI, dict[str, Any]], None]] = {
-    "memory": _check_memory,
-    "sqs": _check_sqs,
-    "dynamodb": _check_dynamodb,
-}
+# The built-in backends' modules: each has check_uri(uri, **options).
+_BUILT_IN: Final = {"memory": "._memory", "sqs": "._sqs", "dynamodb": "._dynamodb"}
 
 
 class OpeningQueue:

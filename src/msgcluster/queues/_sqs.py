@@ -83,9 +83,16 @@ PARAMS: dict[str, Param[Any]] = {
 }
 
 
+def check_uri(uri: QueueURI, /, **options: Any) -> dict[str, Any]:
+    """The queue's parameters, checked (and its name) without opening it."""
+    params = read_params(uri, options, PARAMS)
+    _target(uri)
+    return params
+
+
 async def open_sqs_queue(uri: QueueURI, /, **options: Any) -> SqsQueue:
     """The backend factory registered for ``sqs://`` and SQS queue URLs."""
-    params = read_params(uri, options, PARAMS)
+    params = check_uri(uri, **options)
     queue = SqsQueue(uri.uri, params)
     try:
         await queue._open(uri)
