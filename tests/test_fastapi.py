@@ -338,7 +338,7 @@ async def test_a_worker_with_a_bad_queue_uri_fails_the_startup(mc: msgcluster.Cl
         return [Worker(handling_app(client), "memory://jobs?no_such_option=1")]
 
     app = example_app("unused", msgcluster_lifespan(mc, workers=broken))
-    with pytest.raises(msgcluster.QueueURIError, match="no_such_option"):
+    with pytest.raises(msgcluster.QueueURIError, match="unknown query parameter"):
         async with app.router.lifespan_context(app):
             pass
 

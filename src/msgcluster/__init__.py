@@ -56,7 +56,7 @@ from ._schemas import (
     StatusCode,
     Task,
 )
-from ._settings import Settings
+from ._settings import Secret, Settings
 from .clusters._callbacks import ClusterCallback, ClusterView
 from .queues import OutgoingMessage, open_queue
 from .read._incoming import MessageKind
@@ -117,6 +117,7 @@ __all__ = [
     "RecordType",
     "ResourceNotFoundError",
     "S3Pointer",
+    "Secret",
     "Settings",
     "Status",
     "StatusCode",
