@@ -350,3 +350,122 @@ async def test_tracked_messages_on_a_memory_queue(mc: msgcluster.Client) -> None
     assert await mc.mark_complete(message) is True
     with pytest.raises(msgcluster.RecordNotFoundError):
         await mc.get_message_record(key, consistent_read=True)
+
+
+# --------------------------------------------------------------------------- second audit
+
+
+async def test_reconcile_refuses_a_source_queue(mc: msgcluster.Client, queue_url: str) -> None:
+    """A queue with a redrive policy is not a DLQ: reconciling it would record
+    every live message as failed."""
+    key = await mc.send_message(queue_url, {"x": 1})
+    with pytest.raises(ValidationError, match="dead-letter queue") as info:
+        await mc.reconcile_dead_letters(queue_url)
+    assert_clean(info.value)
+    record = await mc.get_message_record(key, consistent_read=True)
+    assert record.status is msgcluster.Status.PRE_FLIGHT
+    assert not record.error
+
+
+async def test_a_resume_must_match_what_it_resumes(mc: msgcluster.Client, queue_url: str) -> None:
+    import uuid
+
+    cid = f"resume-{uuid.uuid4().hex[:8]}"
+    await mc.create_message_cluster(queue_url, [1, 2], meta={"a": 1}, cluster_id=cid)
+    for tasks, meta in (([7, 8, 9], {"a": 1}), ([1, 2], {"a": 2})):
+        with pytest.raises(ValidationError, match="a resume passes the same") as info:
+            await mc.create_message_cluster(queue_url, tasks, meta=meta, cluster_id=cid)
+        assert_clean(info.value)
+    # The same call again is a resume, and fine.
+    await mc.create_message_cluster(queue_url, [1, 2], meta={"a": 1}, cluster_id=cid)
+
+
+async def test_a_tasks_iterable_that_raises_names_the_cluster(
+    mc: msgcluster.Client, queue_url: str
+) -> None:
+    def tasks() -> Iterator[int]:
+        yield from range(3)
+        raise RuntimeError("late\nboom")
+
+    with pytest.raises(msgcluster.ClusterCreateError) as info:
+        await mc.create_message_cluster(queue_url, tasks())
+    assert info.value.cluster_id
+    assert "RuntimeError: late boom" in str(info.value)
+    assert_clean(info.value)
+
+
+async def test_completion_callbacks_are_checked(mc: msgcluster.Client, queue_url: str) -> None:
+    app = msgcluster.App()
+    for bad in (lambda: app.on_cluster_complete(5), lambda: app.on_cluster_complete(name=5)):
+        with pytest.raises(ValidationError):
+            bad()
+    with pytest.raises(ValidationError, match="two arguments"):
+        app.on_cluster_complete(lambda: None)
+    with pytest.raises(ValidationError):
+        mc.register_cluster_callback(5)  # type: ignore[arg-type]
+    key = await mc.create_message_cluster(queue_url, [1])
+    for kw in ({"callback": 5}, {"callback": None}):
+        with pytest.raises(ValidationError):
+            await mc.on_cluster_complete(key, **kw)
+    for kw in ({"lease_seconds": -1}, {"max_attempts": 0}):
+        with pytest.raises(ValidationError):
+            await mc.on_cluster_complete(key, lambda record, get: None, **kw)
+
+
+async def test_queue_calls_check_their_arguments() -> None:
+    import uuid
+
+    async with await open_queue(f"memory://args-{uuid.uuid4().hex[:8]}") as queue:
+        await queue.send([b"x"])
+        for max_messages in ("3", None, True, 2.5):
+            with pytest.raises(msgcluster.MsgclusterError) as info:
+                await queue.receive(max_messages=max_messages)  # type: ignore[arg-type]
+            assert_clean(info.value)
+        (message,) = await queue.receive(max_messages=1)
+        for changes in ([message], [(message,)], [(message, "5")], [(message, True)]):
+            with pytest.raises(ValidationError):
+                await queue.change_visibility(changes)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await queue.dead_letter(None)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await queue.dead_letter(message, reason=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "1" * 39, "1e130", "1e-140"])
+async def test_numbers_sqs_cannot_carry_are_refused(value: str) -> None:
+    import uuid
+
+    async with await open_queue(f"memory://num-{uuid.uuid4().hex[:8]}") as queue:
+        message = msgcluster.OutgoingMessage(
+            body=b"x", attributes={"n": {"DataType": "Number", "StringValue": value}}
+        )
+        (result,) = await queue.send([message])
+    assert isinstance(result.error, ValidationError)
+
+
+async def test_globals_type_and_attempts_are_checked(mc: msgcluster.Client, queue_url: str) -> None:
+    key = await mc.create_message_cluster(queue_url, [1], globals={"n": 1})
+    with pytest.raises(ValidationError):
+        await mc.get_message_cluster_globals(key, type="notatype")
+    with pytest.raises(ValidationError):
+        await mc.update_message_cluster_globals(key, {"n": 2}, max_attempts=0)
+
+
+async def test_provision_and_send_batch_want_iterables(mc: msgcluster.Client) -> None:
+    with pytest.raises(ValidationError):
+        await mc.provision(None)  # type: ignore[arg-type]
+    app = msgcluster.App(mc, queue="memory://nowhere")
+    with pytest.raises(ValidationError):
+        await app.send_batch(None)  # type: ignore[arg-type]
+
+
+def test_a_bad_botocore_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "lots")
+
+    async def open_one() -> None:
+        async with await open_queue("sqs://jobs?endpoint=http://127.0.0.1:9"):
+            pass
+
+    with pytest.raises(ConfigurationError, match="AWS_MAX_ATTEMPTS") as info:
+        anyio.run(open_one)
+    assert_clean(info.value)

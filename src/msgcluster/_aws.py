@@ -163,10 +163,17 @@ def _endpoint_refused(service: str) -> Iterator[None]:
     # and refuses: its ValueError would repeat the URL.
     try:
         yield
-    except ValueError:
+    except ValueError as exc:
+        if "endpoint" in str(exc).lower():
+            raise ConfigurationError(
+                f"the endpoint configured for {service} (AWS config file or environment) is "
+                "not a valid URL: fix it, or pass endpoint_url="
+            ) from None
+        # Another setting botocore read itself (AWS_MAX_ATTEMPTS=lots...): the
+        # value is not repeated.
         raise ConfigurationError(
-            f"the endpoint configured for {service} (AWS config file or environment) is not "
-            "a valid URL: fix it, or pass endpoint_url="
+            f"botocore refused the AWS configuration for {service}: check the AWS_* "
+            "environment variables (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE...) and the config file"
         ) from None
 
 

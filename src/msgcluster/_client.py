@@ -232,7 +232,7 @@ class Client(ClusterMethods):
         unchanged); ``dry_run=True`` writes nothing and says what it would do."""
         return await _provision.provision(
             self.ctx,
-            queues,
+            as_list(queues, "queue names"),
             max_receive_count=max_receive_count,
             visibility_timeout=visibility_timeout,
             dry_run=dry_run,

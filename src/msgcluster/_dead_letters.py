@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._errors import EnvelopeError, RecordError
+from ._errors import EnvelopeError, RecordError, ValidationError
 from ._schemas import Status, check_int
 from .clusters._lookups import get_message_records
 from .read import _records
@@ -61,6 +61,13 @@ async def reconcile_dead_letters(
     report = DeadLetterReport()
     seen: set[str] = set()
     queue = await ctx.queue(dlq_url)
+    if _has_dead_letter_queue(queue):
+        # A source queue: its live messages would all be recorded as failed.
+        raise ValidationError(
+            "reconcile_dead_letters reads a dead-letter queue, and this queue has one of its "
+            "own (a redrive policy): pass its DLQ's URL (for queues from provision(), the "
+            "name ending in -dlq)"
+        )
     while limit is None or report.seen < limit:
         batch = await queue.receive(
             queue.capabilities.max_receive_batch, 0, visibility_timeout=visibility_timeout
@@ -72,6 +79,13 @@ async def reconcile_dead_letters(
         report.seen += len(fresh)
         await _reconcile_batch(ctx, fresh, report)
     return report
+
+
+def _has_dead_letter_queue(queue: Any) -> bool:
+    driver = queue.driver
+    if hasattr(driver, "dead_letter_queue"):  # dynamodb:// names it
+        return driver.dead_letter_queue is not None
+    return queue.max_receives is not None  # SQS: a redrive policy; memory: a DLQ
 
 
 async def _reconcile_batch(ctx: Context, messages: Sequence[Any], report: DeadLetterReport) -> None:

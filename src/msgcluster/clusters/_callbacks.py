@@ -39,6 +39,7 @@ __all__ = [
     "CallbackRegistry",
     "ClusterCallback",
     "ClusterView",
+    "check_callback",
     "check_callback_name",
     "globals_getter",
     "run_callback",
@@ -65,6 +66,23 @@ def check_callback_name(name: object) -> str:
     return name
 
 
+def check_callback(callback: object) -> None:
+    """A completion callback: callable as ``callback(record, get_globals)``."""
+    if not callable(callback):
+        raise ValidationError(
+            "a cluster completion callback is a function of (record, get_globals), async or "
+            f"not; got {type(callback).__name__}"
+        )
+    try:
+        inspect.signature(callback).bind(None, None)
+    except TypeError:
+        raise ValidationError(
+            "a cluster completion callback takes two arguments, (record, get_globals)"
+        ) from None
+    except ValueError:  # a builtin without a signature: trust it
+        pass
+
+
 class CallbackRegistry:
     """Completion callbacks by name, and a default for clusters that name none.
 
@@ -77,6 +95,7 @@ class CallbackRegistry:
         self.callbacks: dict[str | None, ClusterCallback] = {}
 
     def register(self, callback: ClusterCallback, name: str | None = None) -> None:
+        check_callback(callback)
         if name is not None:
             check_callback_name(name)
         current = self.callbacks.get(name)

@@ -123,16 +123,26 @@ def _check_args(
     return cluster_id
 
 
-async def _existing(ctx: Context, cid: str, url: str) -> tuple[dict[str, Any] | None, bool]:
-    """A resumed creation's cluster item (None if new) and whether it was sealed."""
+async def _existing(
+    ctx: Context, cid: str, url: str, tasks: object, meta_bytes: bytes
+) -> tuple[dict[str, Any] | None, bool]:
+    """A resumed creation's cluster item (None if new) and whether it was sealed;
+    a resume that does not match the creation it resumes is refused."""
     existing = await _get(ctx, cluster_key(cid))
     if existing is None:
         return None, False
     record = decode_item(existing, MessageClusterRecord)
+    mismatch = None
     if record.url != url:
+        mismatch = f"for queue {record.url}, not {url}"
+    elif record.meta != msgspec.json.decode(meta_bytes):
+        mismatch = "with other meta"
+    elif record.sealed and isinstance(tasks, Sized) and len(tasks) != record.total:
+        mismatch = f"with {record.total:,} tasks, not {len(tasks):,}"
+    if mismatch is not None:
         raise ValidationError(
-            f"cluster {cid} exists for queue {record.url}, not {url}; a resume must use "
-            "the same queue"
+            f"cluster {cid} exists {mismatch}; a resume passes the same queue, meta and "
+            "tasks (or use a new cluster_id)"
         )
     return existing, record.sealed
 
@@ -159,7 +169,11 @@ async def create_message_cluster(
         await ctx.queue_info(completion_queue_url)
     meta_bytes = encode_meta(meta, ctx.settings.max_meta_bytes)
     ckey = cluster_key(cid)
-    existing, sealed = await _existing(ctx, cid, url) if cluster_id is not None else (None, False)
+    existing, sealed = (
+        await _existing(ctx, cid, url, tasks, meta_bytes)
+        if cluster_id is not None
+        else (None, False)
+    )
     if sealed:
         await maybe_flip(ctx, cid)
         return ckey
@@ -182,9 +196,11 @@ async def create_message_cluster(
         total = await creator.run(tasks)
     except ClusterCreateError:
         raise
-    except MsgclusterError as exc:
+    except Exception as exc:  # ours, or the caller's tasks iterable raised
+        reason = str(exc) if isinstance(exc, MsgclusterError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())[:500]
         raise ClusterCreateError(
-            f"creating cluster {cid} stopped after {creator.sent:,} task(s): {exc}; everything "
+            f"creating cluster {cid} stopped after {creator.sent:,} task(s): {reason}; everything "
             f"written is kept: call create_message_cluster again with cluster_id={cid!r} and the "
             "same tasks to resume",
             cluster_id=cid,

@@ -48,7 +48,7 @@ from .._schemas import (
 )
 from ..read._records import ParsedRecord
 from ._buckets import BUCKETED, bucket_counts, bucket_status, shard_bucket_items
-from ._callbacks import ClusterCallback, run_callback
+from ._callbacks import ClusterCallback, check_callback, run_callback
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -379,6 +379,9 @@ async def on_cluster_complete(
     consumes its completion event, does any AWS request; the others see from
     what this process already knows that the cluster is still running.
     """
+    check_callback(callback)
+    check_int("lease_seconds", lease_seconds, 1, 43_200, why="seconds")
+    check_int("max_attempts", max_attempts, 1, 1000)
     cid = cluster_id_from(key)
     is_event = isinstance(key, ParsedRecord) and key.type.value == "cluster"
     if not is_event and ctx.cluster_hints.get(cid) is False:

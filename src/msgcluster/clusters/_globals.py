@@ -38,7 +38,7 @@ from .._aws_errors import aws_errors
 from .._batching import Backoff
 from .._errors import AwsError, GlobalsConflictError, ObjectNotFoundError, ValidationError
 from .._json import encode_json
-from .._schemas import KEY_PREFIX, S3Pointer
+from .._schemas import KEY_PREFIX, S3Pointer, check_int
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import PutObjectRequestTypeDef
@@ -132,13 +132,12 @@ async def update_globals(
     Anything else is the new value, written unconditionally: last writer wins,
     and ``type`` is not used.
     """
+    check_int("max_attempts", max_attempts, 1, 10_000)
     if not callable(value_or_fn):
         data = _encode(value_or_fn, pointer)
         etag = await _put(ctx, pointer, data, uuid.uuid4().hex)
         ctx.globals_cache.put(pointer.key, etag, data)
         return value_or_fn
-    if max_attempts < 1:
-        raise ValidationError(f"max_attempts must be >= 1, got {max_attempts}")
 
     backoff = Backoff(attempts=max_attempts, base=_BACKOFF_BASE, cap=_BACKOFF_CAP)
     attempts = 0
@@ -255,7 +254,13 @@ def _decode(body: bytes, type_: Any, pointer: S3Pointer) -> Any:
         try:
             decoder = _decoder(type_)
         except TypeError:  # unhashable type annotation: decode without caching
-            return msgspec.json.decode(body, type=type_)
+            try:
+                return msgspec.json.decode(body, type=type_)
+            except TypeError:
+                raise ValidationError(
+                    f"type={_type_name(type_)} is not a type msgspec can decode into (a "
+                    "Struct, dataclass, dict, list, str, int... or Any)"
+                ) from None
         return decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         raise ValidationError(

@@ -9,6 +9,7 @@ returned for the caller to put in that entry's result.
 from __future__ import annotations
 
 import base64
+import decimal
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -97,6 +98,11 @@ def check_receive(
     visibility_timeout: float | None,
     capabilities: Capabilities,
 ) -> None:
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int):
+        raise ValidationError(
+            f"max_messages must be an int from 1 to {capabilities.max_receive_batch}, "
+            f"got {type(max_messages).__name__}"
+        )
     if not 1 <= max_messages <= capabilities.max_receive_batch:
         raise BatchLimitError(
             f"max_messages must be from 1 to {capabilities.max_receive_batch}, got {max_messages}"
@@ -260,8 +266,26 @@ def check_attribute(name: str, data_type: object, value: object) -> None:
             f"attribute {name!r} holds characters queues cannot carry "
             "(control characters other than tab/newline/CR, or non-characters)"
         )
-    if data_type.startswith("Number") and not _NUMBER.fullmatch(value):
-        raise ValidationError(f"attribute {name!r} is a Number but {value[:40]!r} is not one")
+    if data_type.startswith("Number") and not _sqs_number(value):
+        raise ValidationError(
+            f"attribute {name!r} is a Number but {value[:40]!r} is not one SQS carries "
+            "(at most 38 significant digits, magnitude from 10^-128 to 10^126)"
+        )
+
+
+def _sqs_number(text: str) -> bool:
+    """SQS's Number: up to 38 digits of precision, between 10^-128 and 10^+126."""
+    if not _NUMBER.fullmatch(text):
+        return False
+    try:
+        value = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return False
+    if value.is_zero():
+        return True
+    # Significant digits, counted without the context's rounding (28 digits).
+    significant = "".join(map(str, value.as_tuple().digits)).strip("0")
+    return len(significant) <= 38 and -128 <= value.adjusted() < 126
 
 
 def _check_fifo_fields(

@@ -270,6 +270,18 @@ class PortableQueue:
         """Make each message visible again after its number of seconds (0: now),
         any number of them; one result per input, in order."""
         items = _listed(changes, "change_visibility takes (message, seconds) pairs")
+        for item in items:
+            if not (
+                isinstance(item, tuple)
+                and len(item) == 2
+                and isinstance(item[0], ReceivedMessage)
+                and isinstance(item[1], int | float)
+                and not isinstance(item[1], bool)
+            ):
+                raise ValidationError(
+                    "change_visibility takes (message, seconds) pairs: a ReceivedMessage and "
+                    f"a number; got {type(item).__name__}"
+                )
         batch = (
             getattr(self.driver, "change_visibility", None)
             if self.capabilities.batch_visibility
@@ -368,6 +380,8 @@ class PortableQueue:
     async def dead_letter(self, message: ReceivedMessage, reason: str = "") -> bool:
         """Move a delivered message to the queue's dead-letter queue now; False if
         the queue has none (the message is then left as it is)."""
+        if not isinstance(message, ReceivedMessage) or not isinstance(reason, str):
+            raise ValidationError("dead_letter takes a ReceivedMessage and a str reason")
         mover = getattr(self.driver, "dead_letter", None)
         if mover is None or not self.capabilities.dead_letter_now:
             return False

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
 
 import msgspec
 
+from .._batching import as_list
 from .._client import Client
 from .._context import check_queue_target
 from .._errors import ConfigurationError, ValidationError
-from ..clusters._callbacks import CallbackRegistry
+from ..clusters._callbacks import CallbackRegistry, check_callback_name
 from ..queues._registry import check_queue_uri
 from ..read._bodies import BodyDecoder, body_decoder
 from ..runtime._body_types import body_type_problem
@@ -163,6 +164,9 @@ class App:
         created with ``callback="thumbnails"`` run instead.
         """
 
+        if name is not None:
+            check_callback_name(name)  # now, not when the decorator is applied
+
         def register(func: ClusterCallback) -> ClusterCallback:
             self._callbacks.register(func, name)
             self.cluster_callback = self._callbacks
@@ -277,7 +281,7 @@ class App:
     ) -> BatchSendResult:
         """Send tracked messages, batched (``Client.send_message_batch``)."""
         client, target = self._producer(queue)
-        checked = list(bodies)
+        checked = as_list(bodies, "bodies")
         for body in checked:
             self._check_sendable(body)
         return await client.send_message_batch(target, checked, meta, **kw)
