@@ -168,9 +168,9 @@ async def test_lifespan_arguments_are_checked(local_aws: LocalAWS) -> None:
         async with app.router.lifespan_context(app):
             pass
     assert not hasattr(app.state, STATE_ATTRIBUTE)
-    with pytest.raises(TypeError, match="not both"):
+    with pytest.raises(ConfigurationError, match="not both"):
         msgcluster_lifespan(closed, table="t")
-    with pytest.raises(TypeError, match="invalid Client options"):
+    with pytest.raises(ConfigurationError, match="invalid Client options"):
         msgcluster_lifespan(tabel="t")
 
 

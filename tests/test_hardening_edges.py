@@ -469,3 +469,42 @@ def test_a_bad_botocore_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ConfigurationError, match="AWS_MAX_ATTEMPTS") as info:
         anyio.run(open_one)
     assert_clean(info.value)
+
+
+async def test_list_clusters_wants_an_iso_time(mc: msgcluster.Client) -> None:
+    for bad in ("garbage", "30/11/2026", "2026-11-30 01:00"):
+        with pytest.raises(ValidationError, match="ISO 8601"):
+            [c async for c in mc.list_clusters(started_after=bad)]
+    [c async for c in mc.list_clusters(started_after="2026-11")]  # a prefix is a bound
+
+
+def test_lifespan_options_are_checked_at_import() -> None:
+    from msgcluster.integrations.fastapi import msgcluster_lifespan
+
+    with pytest.raises(ConfigurationError, match="invalid Client options"):
+        msgcluster_lifespan(tabel="t")
+    with pytest.raises(ConfigurationError) as info:
+        msgcluster_lifespan(endpoint_url=f"http://u:{SECRET}@h")
+    assert_clean(info.value)
+
+
+def test_enqueue_test_count_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    from msgcluster.cli import main
+
+    assert main(["enqueue-test", "memory://bounded", "-n", "1000001"]) == 2
+    err = capsys.readouterr().err
+    assert "at most 100,000" in err
+    assert "Traceback" not in err
+
+
+def test_credentials_that_are_not_ascii(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAX")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sécret\udcff")
+
+    async def open_one() -> None:
+        async with await open_queue("sqs://jobs?endpoint=http://127.0.0.1:9"):
+            pass
+
+    with pytest.raises(ConfigurationError, match="AWS_SECRET_ACCESS_KEY") as info:
+        anyio.run(open_one)
+    assert_clean(info.value)

@@ -137,6 +137,7 @@ async def open_client(
     (moto, LocalStack, MinIO), however that endpoint was configured.
     """
     _redaction.install()
+    _check_credentials(credentials)
     for name in ("aws_secret_access_key", "aws_session_token"):
         _redaction.register_secret((credentials or {}).get(name))
     kwargs: dict[str, Any] = {"region_name": region, "config": config, **(credentials or {})}
@@ -155,6 +156,23 @@ async def open_client(
         client = await stack.enter_async_context(session.create_client(service, **kwargs))
     _RetryHook.install(client)
     return client
+
+
+_CREDENTIAL_VARIABLES: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _check_credentials(credentials: Mapping[str, str | None] | None) -> None:
+    # botocore signs with them as ASCII: anything else fails deep in a request
+    # with a UnicodeEncodeError (which would show the character).
+    given = list((credentials or {}).items()) or [
+        (name, os.environ.get(name)) for name in _CREDENTIAL_VARIABLES
+    ]
+    for name, value in given:
+        if value is not None and not (value.isascii() and value.isprintable()):
+            raise ConfigurationError(
+                f"{name} holds characters that are not printable ASCII (AWS credentials "
+                "are): set it again from its source"
+            )
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._settings import Settings
     from ._render import Output
 
@@ -85,6 +87,18 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def up_to(high: int) -> Callable[[str], int]:
+    """A positive integer of at most ``high`` (an argparse type)."""
+
+    def convert(text: str) -> int:
+        value = positive(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected at most {high:,}, got {value:,}")
+        return value
+
+    return convert
 
 
 def seconds(text: str) -> float:

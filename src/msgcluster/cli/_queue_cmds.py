@@ -24,6 +24,7 @@ from ._common import (
     NotFound,
     positive,
     seconds,
+    up_to,
 )
 from ._opening import admin, driver_of, opened, sqs_only
 from ._redrive import redrive
@@ -393,5 +394,11 @@ def register(commands: argparse._SubParsersAction[Any], common: argparse.Argumen
     parser.add_argument("id", nargs="?", metavar="MESSAGE_ID", help="one dead letter")
     parser.add_argument("--all", action="store_true", help="every dead letter")
     parser = command("enqueue-test", enqueue_test, "send test messages")
-    parser.add_argument("-n", "--count", type=positive, default=1, help="how many (default 1)")
+    parser.add_argument(
+        "-n",
+        "--count",
+        type=up_to(100_000),
+        default=1,
+        help="how many (default 1, at most 100,000)",
+    )
     parser.add_argument("--body", default=None, help='body text (default {"test": i, "run": …})')

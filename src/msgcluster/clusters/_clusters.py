@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -69,6 +70,9 @@ __all__ = [
 log = logging.getLogger("msgcluster")
 
 _UNSET: Final = object()
+
+# An ISO 8601 UTC time as startedAt is stored, or a prefix of one ("2026-11").
+_ISO_PREFIX: Final = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?)?)?)?Z?")
 
 
 def cluster_id_from(key: object) -> str:
@@ -162,9 +166,11 @@ async def list_clusters(
     wanted = parse_cluster_statuses(status) if status is not None else None
     _check_bool("newest_first", newest_first)
     check_int("page_size", page_size, 1, why="clusters per DynamoDB Query page")
-    if started_after is not None and (not isinstance(started_after, str) or not started_after):
+    if started_after is not None and (
+        not isinstance(started_after, str) or not _ISO_PREFIX.fullmatch(started_after)
+    ):
         raise ValidationError(
-            "started_after must be an ISO 8601 time string (as startedAt is stored, e.g. "
+            "started_after must be an ISO 8601 time or its prefix (as startedAt is stored, e.g. "
             f"'2026-11-30T01:59:46.952Z'), got {type(started_after).__name__} "
             f"{started_after!r:.40}"
         )

@@ -26,7 +26,6 @@ See ``docs/fastapi.md``.
 # No ``from __future__ import annotations`` here: FastAPI reads the annotations
 # of ``get_client`` at runtime, so the names in them must be real imports.
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -120,12 +119,16 @@ def msgcluster_lifespan(
     """
     _check_arguments(client, workers=workers, lifespan=lifespan)
     if client is not None and client_options:
-        raise TypeError("msgcluster_lifespan takes an open Client or Client options, not both")
+        raise ConfigurationError(
+            "msgcluster_lifespan takes an open Client or Client options, not both"
+        )
     if client is None:
-        try:  # fail at import time, not at startup
-            inspect.signature(Client).bind(**client_options)
+        try:  # fail at import time, not at startup: building a Client does no I/O
+            Client(**client_options)
         except TypeError as exc:
-            raise TypeError(f"msgcluster_lifespan: invalid Client options: {exc}") from None
+            raise ConfigurationError(
+                f"msgcluster_lifespan: invalid Client options: {exc}"
+            ) from None
 
     @asynccontextmanager
     async def msgcluster_lifespan_context(app: Any) -> AsyncIterator[Any]:
