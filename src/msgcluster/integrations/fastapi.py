@@ -118,17 +118,7 @@ def msgcluster_lifespan(
     yours: ``async with msgcluster_lifespan(...)(app): ...``.
     """
     _check_arguments(client, workers=workers, lifespan=lifespan)
-    if client is not None and client_options:
-        raise ConfigurationError(
-            "msgcluster_lifespan takes an open Client or Client options, not both"
-        )
-    if client is None:
-        try:  # fail at import time, not at startup: building a Client does no I/O
-            Client(**client_options)
-        except TypeError as exc:
-            raise ConfigurationError(
-                f"msgcluster_lifespan: invalid Client options: {exc}"
-            ) from None
+    _check_client_options(client, client_options)
 
     @asynccontextmanager
     async def msgcluster_lifespan_context(app: Any) -> AsyncIterator[Any]:
@@ -153,6 +143,20 @@ def msgcluster_lifespan(
                 # Leaving the task group waits for every worker to drain.
 
     return msgcluster_lifespan_context
+
+
+def _check_client_options(client: Client | None, client_options: Mapping[str, Any]) -> None:
+    if client is not None and client_options:
+        raise ConfigurationError(
+            "msgcluster_lifespan takes an open Client or Client options, not both"
+        )
+    if client is None:
+        try:  # fail at import time, not at startup: building a Client does no I/O
+            Client(**client_options)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"msgcluster_lifespan: invalid Client options: {exc}"
+            ) from None
 
 
 def _check_arguments(client: object, **functions: object) -> None:
