@@ -261,7 +261,10 @@ async def test_flaw6_receive_cost_does_not_grow_with_in_flight(table: str, ddb: 
         assert len(held) == 30
         items_read, queries = await cost_of_one_receive()  # 40 in flight, 20 ready
         assert items_read <= 20  # only ready keys: none of the 40 in flight
-        assert first[0] <= 10 + 4 * 4  # what is wanted plus slack per shard read
+        # Shards read dry hold fewer than the 10 wanted between them; the last
+        # shard read gives at most one window (4 per message wanted, plus 4).
+        # Messages hash to shards unevenly, so that window can be most of it.
+        assert first[0] < 10 + (4 * 10 + 4)
         assert queries <= 4
         shards = Counter(shard_of(m.id) for m in held)
         assert len(shards) >= 3  # consumers spread over the shards
