@@ -459,15 +459,18 @@ async def test_provision_and_send_batch_want_iterables(mc: msgcluster.Client) ->
         await app.send_batch(None)  # type: ignore[arg-type]
 
 
+async def open_dead_sqs_queue() -> None:
+    """Open (and close) an sqs:// queue whose endpoint nothing listens on: what
+    fails before any request is the configuration."""
+    async with await open_queue("sqs://jobs?endpoint=http://127.0.0.1:9"):
+        pass
+
+
 def test_a_bad_botocore_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "lots")
 
-    async def open_one() -> None:
-        async with await open_queue("sqs://jobs?endpoint=http://127.0.0.1:9"):
-            pass
-
     with pytest.raises(ConfigurationError, match="AWS_MAX_ATTEMPTS") as info:
-        anyio.run(open_one)
+        anyio.run(open_dead_sqs_queue)
     assert_clean(info.value)
 
 
@@ -501,10 +504,6 @@ def test_credentials_that_are_not_ascii(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAX")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sécret\udcff")
 
-    async def open_one() -> None:
-        async with await open_queue("sqs://jobs?endpoint=http://127.0.0.1:9"):
-            pass
-
     with pytest.raises(ConfigurationError, match="AWS_SECRET_ACCESS_KEY") as info:
-        anyio.run(open_one)
+        anyio.run(open_dead_sqs_queue)
     assert_clean(info.value)
