@@ -30,18 +30,13 @@ from .._errors import (
     QueueNotFoundError,
     QueueURIError,
     ReceiptError,
-    ValidationError,
 )
 from .._itemcodec import decode_item, encode_item
 from ._checks import (
-    check_ack_batch,
     check_batch_bytes,
     check_receive,
-    check_send_batch,
-    check_visibility,
-    prepare_message,
 )
-from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
+from ._contract import Capabilities, ReceivedMessage, SendResult
 from ._dynamodb_admin import DynamoAdminMixin
 from ._dynamodb_base import StoreConfig, forget_waiter, waiter
 from ._dynamodb_keys import QueueMeta, Receipt, decode_receipt, meta_key
@@ -51,10 +46,9 @@ from ._handle import QueueHandle
 from ._uri import Param, aws_client, boolean, endpoint, integer, number, read_params, session, text
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping
 
     from ._checks import PreparedMessage
-    from ._contract import OutgoingMessage
     from ._uri import QueueURI
 
 __all__ = ["DynamoQueue", "open_dynamodb_queue", "provision_dynamodb_queue_table"]
@@ -271,28 +265,13 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
 
     # ----------------------------------------------------------------- send
 
-    async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
-        self._check_open()
-        caps = self.capabilities
-        check_send_batch(messages, caps)
-        config = self._store.config
-        prepared: list[PreparedMessage | MsgclusterError] = []
-        for item in messages:
-            try:
-                prepared.append(
-                    prepare_message(item, caps, content_based_dedup=config.content_based_dedup)
-                )
-            except ValidationError as exc:
-                prepared.append(exc)
-        valid = [(i, p) for i, p in enumerate(prepared) if not isinstance(p, MsgclusterError)]
-        check_batch_bytes([p.size for _, p in valid], caps)
-        ids = await self._store.send(valid) if valid else {}
-        return [
-            SendResult(index=i, error=p)
-            if isinstance(p, MsgclusterError)
-            else SendResult(index=i, id=ids[i])
-            for i, p in enumerate(prepared)
-        ]
+    def _dedup_by_content(self) -> bool:
+        return self._store.config.content_based_dedup
+
+    async def _send_prepared(self, entries: dict[int, PreparedMessage]) -> dict[int, SendResult]:
+        check_batch_bytes([p.size for p in entries.values()], self.capabilities)
+        ids = await self._store.send(list(entries.items()))
+        return {i: SendResult(index=i, id=ids[i]) for i in entries}
 
     # -------------------------------------------------------------- receive
 
@@ -339,71 +318,21 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
     # ----------------------------------------------------- ack, nack, extend
 
     def _receipt(self, message: object) -> Receipt:
-        if not isinstance(message, ReceivedMessage) or not message.receipt:
-            raise ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
         config = self._store.config
-        return decode_receipt(message.receipt, config.table, config.queue, message.id)
+        receipt: str = super()._receipt(message)
+        assert isinstance(message, ReceivedMessage)  # checked by the base
+        return decode_receipt(receipt, config.table, config.queue, message.id)
 
-    async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
-        self._check_open()
-        check_ack_batch(messages, self.capabilities)
-        errors: dict[int, MsgclusterError] = {}
-        receipts: dict[int, Receipt] = {}
-        for index, message in enumerate(messages):
-            try:
-                receipts[index] = self._receipt(message)
-            except (ValidationError, ReceiptError) as exc:
-                errors[index] = exc
-        outcome = await self._store.ack(list(receipts.values())) if receipts else {}
-        results = []
-        for index, message in enumerate(messages):
-            message_id = message.id if isinstance(message, ReceivedMessage) else ""
-            error = errors.get(index)
-            if error is None:
-                error = outcome.get(receipts[index].id)
-            results.append(AckResult(index=index, id=message_id, error=error))
-        return results
+    async def _ack_receipts(self, receipts: dict[int, Receipt]) -> dict[int, MsgclusterError]:
+        outcome = await self._store.ack(list(receipts.values()))
+        return _by_index(receipts, outcome)
 
-    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
-        self._check_open()
-        check_visibility(delay, self.capabilities, "delay")
-        await self._change_one(message, delay)
-
-    async def extend(self, message: ReceivedMessage, seconds: float) -> None:
-        self._check_open()
-        check_visibility(seconds, self.capabilities, "seconds")
-        await self._change_one(message, seconds)
-
-    async def _change_one(self, message: ReceivedMessage, seconds: float) -> None:
-        receipt = self._receipt(message)
-        error = (await self._store.change_visibility([(receipt, seconds)])).get(receipt.id)
-        if error is not None:
-            raise error
-
-    async def change_visibility(
-        self, changes: Sequence[tuple[ReceivedMessage, float]]
-    ) -> list[AckResult]:
-        """The batch form of nack/extend (``max_ack_batch`` pairs): one
-        request, conditional on each delivery's lease; one result per pair."""
-        self._check_open()
-        check_ack_batch([message for message, _ in changes], self.capabilities)
-        errors: dict[int, MsgclusterError] = {}
-        valid: dict[int, tuple[Receipt, float]] = {}
-        for index, (message, seconds) in enumerate(changes):
-            check_visibility(seconds, self.capabilities, "seconds")
-            try:
-                valid[index] = (self._receipt(message), seconds)
-            except (ValidationError, ReceiptError) as exc:
-                errors[index] = exc
-        outcome = await self._store.change_visibility(list(valid.values())) if valid else {}
-        return [
-            AckResult(
-                index=index,
-                id=message.id if isinstance(message, ReceivedMessage) else "",
-                error=errors.get(index) or outcome.get(valid[index][0].id),
-            )
-            for index, (message, _) in enumerate(changes)
-        ]
+    async def _change_receipts(
+        self, changes: dict[int, tuple[Receipt, float]]
+    ) -> dict[int, MsgclusterError]:
+        """One request, conditional on each delivery's lease."""
+        outcome = await self._store.change_visibility(list(changes.values()))
+        return _by_index({i: r for i, (r, _) in changes.items()}, outcome)
 
     async def dead_letter(self, message: ReceivedMessage, reason: str = "") -> bool:
         """Move a delivered message to the DLQ now (the worker's Reject);
@@ -428,6 +357,14 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
         return True
 
     # ---------------------------------------------------------------- close
+
+
+def _by_index(
+    receipts: dict[int, Receipt], outcome: Mapping[str, MsgclusterError | None]
+) -> dict[int, MsgclusterError]:
+    """The store's errors by message id, as errors by index in the call."""
+    errors = {i: outcome.get(r.id) for i, r in receipts.items()}
+    return {i: error for i, error in errors.items() if error is not None}
 
 
 def _capabilities(fifo: bool, *, native_dlq: bool) -> Capabilities:

@@ -13,30 +13,25 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
-from .._errors import MsgclusterError, QueueClosedError, QueueURIError, ValidationError
+from .._errors import MsgclusterError, QueueURIError
 from ._checks import (
-    check_ack_batch,
     check_batch_bytes,
     check_receive,
-    check_send_batch,
-    check_visibility,
-    prepare_message,
 )
-from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
+from ._contract import Capabilities, ReceivedMessage, SendResult
+from ._handle import QueueHandle
 from ._memory_store import MemoryConfig, MemoryStore
 from ._uri import Param, boolean, integer, number, read_params, text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from types import TracebackType
+    from collections.abc import Callable
 
     from ._checks import PreparedMessage
-    from ._contract import OutgoingMessage
     from ._uri import QueueURI
 
 __all__ = ["MemoryQueue", "open_memory_queue", "reset_memory_queues"]
@@ -153,20 +148,15 @@ def _check_compatible(
         raise QueueURIError(f"memory://{current.name} already exists with another clock")
 
 
-class MemoryQueue:
+class MemoryQueue(QueueHandle):
     """A handle on a memory:// queue (see :class:`~msgcluster.queues.Queue`)."""
 
     def __init__(self, store: MemoryStore, uri: str) -> None:
+        super().__init__(uri)
         self._store = store
-        self._uri = uri
-        self._closed = False
         self._waiters: set[anyio.Event] = set()
         # time.monotonic is the only clock whose future we can sleep until.
         self._real_clock = store.clock is time.monotonic
-
-    @property
-    def uri(self) -> str:
-        return self._uri
 
     @property
     def name(self) -> str:
@@ -180,32 +170,14 @@ class MemoryQueue:
         state = "closed" if self._closed else f"{len(self._store)} messages"
         return f"<MemoryQueue {self.name!r} {state}>"
 
-    async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
-        await self._checkpoint()
+    def _dedup_by_content(self) -> bool:
+        return self._store.config.content_based_dedup
+
+    async def _send_prepared(self, entries: dict[int, PreparedMessage]) -> dict[int, SendResult]:
         store = self._store
-        check_send_batch(messages, store.capabilities)
-        prepared: list[PreparedMessage | MsgclusterError] = []
-        for item in messages:
-            try:
-                prepared.append(
-                    prepare_message(
-                        item,
-                        store.capabilities,
-                        content_based_dedup=store.config.content_based_dedup,
-                    )
-                )
-            except ValidationError as exc:
-                prepared.append(exc)
-        check_batch_bytes(
-            [p.size for p in prepared if not isinstance(p, MsgclusterError)], store.capabilities
-        )
+        check_batch_bytes([p.size for p in entries.values()], store.capabilities)
         now = store.clock()
-        results = [
-            SendResult(index=i, error=p)
-            if isinstance(p, MsgclusterError)
-            else SendResult(index=i, id=store.put(p, now))
-            for i, p in enumerate(prepared)
-        ]
+        results = {i: SendResult(index=i, id=store.put(p, now)) for i, p in entries.items()}
         store.notify()
         return results
 
@@ -253,43 +225,27 @@ class MemoryQueue:
             self._waiters.discard(event)
         self._check_open()
 
-    async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
-        await self._checkpoint()
-        check_ack_batch(messages, self._store.capabilities)
-        results: list[AckResult] = []
-        for index, message in enumerate(messages):
+    async def _ack_receipts(self, receipts: dict[int, str]) -> dict[int, MsgclusterError]:
+        return self._each(receipts, self._store.delete)
+
+    async def _change_receipts(
+        self, changes: dict[int, tuple[str, float]]
+    ) -> dict[int, MsgclusterError]:
+        now = self._store.clock()
+        return self._each(
+            changes, lambda change: self._store.change_visibility(change[0], change[1], now)
+        )
+
+    @staticmethod
+    def _each(items: dict[int, Any], apply: Callable[[Any], object]) -> dict[int, MsgclusterError]:
+        """Apply one store operation per entry; the error of each that failed."""
+        errors: dict[int, MsgclusterError] = {}
+        for index, item in items.items():
             try:
-                results.append(AckResult(index=index, id=self._store.delete(_receipt(message))))
+                apply(item)
             except MsgclusterError as exc:
-                results.append(AckResult(index=index, id=_message_id(message), error=exc))
-        return results
-
-    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
-        await self._checkpoint()
-        check_visibility(delay, self._store.capabilities, "delay")
-        self._store.change_visibility(_receipt(message), delay, self._store.clock())
-
-    async def extend(self, message: ReceivedMessage, seconds: float) -> None:
-        await self._checkpoint()
-        check_visibility(seconds, self._store.capabilities, "seconds")
-        self._store.change_visibility(_receipt(message), seconds, self._store.clock())
-
-    async def change_visibility(
-        self, changes: Sequence[tuple[ReceivedMessage, float]]
-    ) -> list[AckResult]:
-        """The batch form of nack/extend (``max_ack_batch`` pairs); one result each."""
-        await self._checkpoint()
-        check_ack_batch([message for message, _ in changes], self._store.capabilities)
-        results = []
-        for index, (message, seconds) in enumerate(changes):
-            check_visibility(seconds, self._store.capabilities, "seconds")
-            try:
-                self._store.change_visibility(_receipt(message), seconds, self._store.clock())
-            except MsgclusterError as exc:
-                results.append(AckResult(index=index, id=_message_id(message), error=exc))
-            else:
-                results.append(AckResult(index=index, id=message.id))
-        return results
+                errors[index] = exc
+        return errors
 
     @property
     def max_receives(self) -> int | None:
@@ -299,42 +255,10 @@ class MemoryQueue:
     async def dead_letter(self, message: ReceivedMessage, reason: str = "") -> bool:
         """Move a delivered message to the DLQ now; False if there is none."""
         await self._checkpoint()
-        return self._store.dead_letter(_receipt(message), self._store.clock())
+        return self._store.dead_letter(self._receipt(message), self._store.clock())
 
     async def aclose(self) -> None:
-        self._closed = True
+        await super().aclose()
+        # A waiting receive wakes and sees the close.
         for event in self._waiters:
             event.set()
-
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _checkpoint(self) -> None:
-        # A real backend yields on I/O; so does this one, or a busy consumer
-        # loop on memory:// would starve every other task.
-        await anyio.lowlevel.checkpoint()
-        self._check_open()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise QueueClosedError(f"{self._uri} is closed")
-
-
-def _receipt(message: object) -> str:
-    receipt = getattr(message, "receipt", None)
-    if not isinstance(message, ReceivedMessage) or not isinstance(receipt, str):
-        raise ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
-    return receipt
-
-
-def _message_id(message: object) -> str:
-    return message.id if isinstance(message, ReceivedMessage) else ""

@@ -29,25 +29,17 @@ from .._errors import (
     MsgclusterError,
     QueueURIError,
     ReceiptError,
-    ValidationError,
 )
 from ._checks import (
-    check_ack_batch,
     check_batch_bytes,
     check_receive,
-    check_send_batch,
-    check_visibility,
-    prepare_message,
 )
-from ._contract import AckResult, Capabilities, ReceivedMessage, SendResult
+from ._contract import Capabilities, ReceivedMessage, SendResult
 from ._handle import QueueHandle
 from ._uri import Param, aws_client, boolean, endpoint, integer, read_params, session, text
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from ._checks import PreparedMessage
-    from ._contract import OutgoingMessage
     from ._uri import QueueURI
 
 __all__ = ["SqsQueue", "open_sqs_queue"]
@@ -196,38 +188,27 @@ class SqsQueue(QueueHandle):
 
     # ------------------------------------------------------------------ send
 
-    async def send(self, messages: Sequence[bytes | str | OutgoingMessage]) -> list[SendResult]:
-        self._check_open()
+    def _dedup_by_content(self) -> bool:
+        return self.content_based_dedup
+
+    async def _send_prepared(self, entries: dict[int, PreparedMessage]) -> dict[int, SendResult]:
         caps = self.capabilities
-        check_send_batch(messages, caps)
-        prepared: list[PreparedMessage | MsgclusterError] = []
-        for item in messages:
-            try:
-                prepared.append(
-                    prepare_message(item, caps, content_based_dedup=self.content_based_dedup)
-                )
-            except ValidationError as exc:
-                prepared.append(exc)
-        entries: list[dict[str, Any]] = []
+        results: dict[int, SendResult] = {}
+        requests: list[dict[str, Any]] = []
         sizes: list[int] = []
-        for index, p in enumerate(prepared):
-            if isinstance(p, MsgclusterError):
-                continue
+        for index, p in entries.items():
             entry, size = _entry(index, p, caps)
             if isinstance(entry, MsgclusterError):
-                prepared[index] = entry
+                results[index] = SendResult(index=index, error=entry)
                 continue
-            entries.append(entry)
+            requests.append(entry)
             sizes.append(size)
         check_batch_bytes(sizes, caps)
-        results: dict[int, SendResult] = {
-            i: SendResult(index=i, error=p)
-            for i, p in enumerate(prepared)
-            if isinstance(p, MsgclusterError)
-        }
-        if entries:
+        if requests:
             with aws_errors(resource=self.url):
-                response = await self._client.send_message_batch(QueueUrl=self.url, Entries=entries)
+                response = await self._client.send_message_batch(
+                    QueueUrl=self.url, Entries=requests
+                )
             for ok in response.get("Successful", []):
                 i = int(ok["Id"])
                 results[i] = SendResult(index=i, id=ok["MessageId"])
@@ -235,7 +216,7 @@ class SqsQueue(QueueHandle):
                 i = int(failed["Id"])
                 error = _entry_error(failed, self.url, receipts=False)
                 results[i] = SendResult(index=i, error=error)
-        return [results[i] for i in range(len(prepared))]
+        return results
 
     # --------------------------------------------------------------- receive
 
@@ -264,83 +245,32 @@ class SqsQueue(QueueHandle):
 
     # ------------------------------------------------------ ack, nack, extend
 
-    async def ack(self, messages: Sequence[ReceivedMessage]) -> list[AckResult]:
-        self._check_open()
-        check_ack_batch(messages, self.capabilities)
-        results: dict[int, AckResult] = {}
-        entries = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, ReceivedMessage) or not message.receipt:
-                error = ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
-                results[index] = AckResult(index=index, id="", error=error)
-                continue
-            entries.append({"Id": str(index), "ReceiptHandle": message.receipt})
-        if entries:
-            with aws_errors(resource=self.url):
-                response = await self._client.delete_message_batch(
-                    QueueUrl=self.url, Entries=entries
-                )
-            for ok in response.get("Successful", []):
-                i = int(ok["Id"])
-                results[i] = AckResult(index=i, id=messages[i].id)
-            for failed in response.get("Failed", []):
-                i = int(failed["Id"])
-                failure = _entry_error(failed, self.url)
-                results[i] = AckResult(index=i, id=messages[i].id, error=failure)
-        return [results[i] for i in range(len(messages))]
+    async def _ack_receipts(self, receipts: dict[int, str]) -> dict[int, MsgclusterError]:
+        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in receipts.items()]
+        with aws_errors(resource=self.url):
+            response = await self._client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+        return {int(f["Id"]): _entry_error(f, self.url) for f in response.get("Failed", [])}
 
-    async def nack(self, message: ReceivedMessage, delay: float = 0.0) -> None:
-        self._check_open()
-        check_visibility(delay, self.capabilities, "delay")
-        await self._change_visibility(message, math.ceil(delay))
-
-    async def extend(self, message: ReceivedMessage, seconds: float) -> None:
-        self._check_open()
-        check_visibility(seconds, self.capabilities, "seconds")
-        await self._change_visibility(message, math.ceil(seconds))
-
-    async def change_visibility(
-        self, changes: Sequence[tuple[ReceivedMessage, float]]
-    ) -> list[AckResult]:
-        """The batch form of nack/extend: one ChangeMessageVisibilityBatch for up
-        to ``max_ack_batch`` (message, seconds) pairs; one result per pair."""
-        self._check_open()
-        check_ack_batch([message for message, _ in changes], self.capabilities)
-        results: dict[int, AckResult] = {}
-        entries = []
-        for index, (message, seconds) in enumerate(changes):
-            if not isinstance(message, ReceivedMessage) or not message.receipt:
-                error = ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
-                results[index] = AckResult(index=index, id="", error=error)
-                continue
-            check_visibility(seconds, self.capabilities, "seconds")
-            entries.append(
-                {
-                    "Id": str(index),
-                    "ReceiptHandle": message.receipt,
-                    "VisibilityTimeout": math.ceil(seconds),
-                }
+    async def _change_receipts(
+        self, changes: dict[int, tuple[str, float]]
+    ) -> dict[int, MsgclusterError]:
+        entries = [
+            {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": math.ceil(seconds)}
+            for i, (r, seconds) in changes.items()
+        ]
+        with aws_errors(resource=self.url):
+            response = await self._client.change_message_visibility_batch(
+                QueueUrl=self.url, Entries=entries
             )
-        if entries:
-            with aws_errors(resource=self.url):
-                response = await self._client.change_message_visibility_batch(
-                    QueueUrl=self.url, Entries=entries
-                )
-            for ok in response.get("Successful", []):
-                i = int(ok["Id"])
-                results[i] = AckResult(index=i, id=changes[i][0].id)
-            for failed in response.get("Failed", []):
-                i = int(failed["Id"])
-                failure = _entry_error(failed, self.url)
-                results[i] = AckResult(index=i, id=changes[i][0].id, error=failure)
-        return [results[i] for i in range(len(changes))]
+        return {int(f["Id"]): _entry_error(f, self.url) for f in response.get("Failed", [])}
 
-    async def _change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
-        if not isinstance(message, ReceivedMessage) or not message.receipt:
-            raise ValidationError(f"expected a ReceivedMessage, got {type(message).__name__}")
+    async def _change_one(self, message: ReceivedMessage, seconds: float) -> None:
+        """One ChangeMessageVisibility (not the batch form): a stale receipt
+        is a ReceiptError saying why."""
+        receipt = self._receipt(message)
         try:
             await self._client.change_message_visibility(
-                QueueUrl=self.url, ReceiptHandle=message.receipt, VisibilityTimeout=seconds
+                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
             )
         except Exception as exc:
             error = translate(exc, resource=self.url)
