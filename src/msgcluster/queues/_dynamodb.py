@@ -121,10 +121,9 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
         super().__init__(uri)
         self._table = table
         self._params = params
-        self._client: Any = params.get("client")
+        self._client = params.get("client")
         self._poll_max = float(params.get("poll_interval", 0.5))
         self._store_: DynamoStore | None = None
-        self._capabilities: Capabilities | None = None
 
     # ------------------------------------------------------------- opening
 
@@ -230,16 +229,6 @@ class DynamoQueue(DynamoAdminMixin, QueueHandle):
     def _store(self) -> DynamoStore:
         assert self._store_ is not None
         return self._store_
-
-    @property
-    def capabilities(self) -> Capabilities:
-        assert self._capabilities is not None
-        return self._capabilities
-
-    @property
-    def client(self) -> Any:
-        """The aiobotocore DynamoDB client this queue uses."""
-        return self._client
 
     @property
     def table(self) -> str:

@@ -46,6 +46,10 @@ class QueueHandle:
         self._polls: set[anyio.CancelScope] = set()
         # What this handle opened itself (a client it created): closed with it.
         self._stack: AsyncExitStack | None = None
+        # The AWS client of a backend that has one, and the capabilities it
+        # reads from the queue when it opens.
+        self._client: Any = None
+        self._capabilities: Capabilities | None = None
 
     @property
     def uri(self) -> str:
@@ -55,7 +59,13 @@ class QueueHandle:
 
     @property
     def capabilities(self) -> Capabilities:
-        raise NotImplementedError
+        assert self._capabilities is not None
+        return self._capabilities
+
+    @property
+    def client(self) -> Any:
+        """The aiobotocore client this queue uses (None on memory://)."""
+        return self._client
 
     def _dedup_by_content(self) -> bool:
         """Whether the queue deduplicates FIFO sends by body (no id needed)."""

@@ -115,14 +115,13 @@ class SqsQueue(QueueHandle):
     def __init__(self, uri: str, params: dict[str, Any]) -> None:
         super().__init__(uri)
         self._params = params
-        self._client: Any = params.get("client")
+        self._client = params.get("client")
         self.url = ""
         self.name = ""
         self.max_receives: int | None = None
         self.dlq_arn: str | None = None
         self._dlq_url = ""
         self.content_based_dedup = False
-        self._capabilities: Capabilities | None = None
 
     async def _open(self, uri: QueueURI) -> None:
         url, self.name = _target(uri)
@@ -172,16 +171,6 @@ class SqsQueue(QueueHandle):
             batch_visibility=True,
             dead_letter_now=True,
         )
-
-    @property
-    def capabilities(self) -> Capabilities:
-        assert self._capabilities is not None
-        return self._capabilities
-
-    @property
-    def client(self) -> Any:
-        """The aiobotocore SQS client this queue uses."""
-        return self._client
 
     def __repr__(self) -> str:
         return f"<SqsQueue {self.name!r}{' closed' if self._closed else ''}>"
