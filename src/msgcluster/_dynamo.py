@@ -18,8 +18,17 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._context import Context
+    from ._schemas import RecordKey
 
-__all__ = ["WriteFailure", "batch_get", "batch_write", "get_consistent", "key_attrs", "n_attr"]
+__all__ = [
+    "WriteFailure",
+    "batch_get",
+    "batch_write",
+    "get_consistent",
+    "key_attrs",
+    "n_attr",
+    "update_item",
+]
 
 BATCH_WRITE_MAX = 25
 BATCH_GET_MAX = 100
@@ -41,6 +50,40 @@ async def get_consistent(ctx: Context, pk: str, rk: str) -> dict[str, Any] | Non
         )
     item: dict[str, Any] | None = response.get("Item")
     return item
+
+
+async def update_item(
+    ctx: Context,
+    key: RecordKey,
+    expression: str,
+    values: dict[str, Any],
+    *,
+    condition: str | None = None,
+    names: dict[str, str] | None = None,
+    returns: str = "ALL_NEW",
+    returns_on_failure: str | None = None,
+) -> dict[str, Any]:
+    """One UpdateItem on the msgcluster table; the item's attributes it returns ({} if none).
+
+    A failed condition raises ConditionFailedError (with the item, when
+    ``returns_on_failure`` asks for it), like every call under aws_errors.
+    """
+    request: dict[str, Any] = {
+        "TableName": ctx.table,
+        "Key": key_attrs(key.pk, key.rk),
+        "UpdateExpression": expression,
+        "ExpressionAttributeValues": values,
+        "ReturnValues": returns,
+    }
+    if condition is not None:
+        request["ConditionExpression"] = condition
+    if names:
+        request["ExpressionAttributeNames"] = names
+    if returns_on_failure is not None:
+        request["ReturnValuesOnConditionCheckFailure"] = returns_on_failure
+    with aws_errors(resource=ctx.table):
+        response = await ctx.ddb.update_item(**request)
+    return dict(response.get("Attributes") or {})
 
 
 class WriteFailure:

@@ -33,10 +33,9 @@ import anyio
 import msgspec
 
 from .. import _clusterkeys
-from .._aws_errors import aws_errors
 from .._batching import Backoff, gather_limited
 from .._clusterkeys import BUCKET_SIZE, TaskRef, bucket_key, cluster_key, shard_key
-from .._dynamo import batch_get, key_attrs, n_attr
+from .._dynamo import batch_get, n_attr, update_item
 from .._errors import AwsConnectionError, ConditionFailedError, MsgclusterError, ThrottledError
 from .._itemcodec import decode_item
 from .._schemas import (
@@ -197,18 +196,16 @@ async def _add(
     for position, index in enumerate(indexes):
         values[f":i{position}"] = n_attr(index)
         checks.append(f"NOT contains(#o, :i{position})")
-    with aws_errors(resource=ctx.table):
-        response = await ctx.ddb.update_item(
-            TableName=ctx.table,
-            Key=key_attrs(key.pk, key.rk),
-            UpdateExpression="ADD #n :ids SET expiresAt = if_not_exists(expiresAt, :exp)",
-            ConditionExpression=" AND ".join(checks),
-            ExpressionAttributeNames={"#n": name, "#o": other},
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_OLD",
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-        )
-    return dict(response.get("Attributes") or {})
+    return await update_item(
+        ctx,
+        key,
+        "ADD #n :ids SET expiresAt = if_not_exists(expiresAt, :exp)",
+        values,
+        condition=" AND ".join(checks),
+        names={"#n": name, "#o": other},
+        returns="ALL_OLD",
+        returns_on_failure="ALL_OLD",
+    )
 
 
 async def _close_bucket(
@@ -220,25 +217,21 @@ async def _close_bucket(
     backoff = Backoff(attempts=12, cap=2.0)
     for attempt in range(backoff.attempts):
         try:
-            with aws_errors(resource=ctx.table):
-                response = await ctx.ddb.update_item(
-                    TableName=ctx.table,
-                    Key=key_attrs(key.pk, key.rk),
-                    UpdateExpression=(
-                        "ADD pending :neg, done :d, failedCount :f, buckets :j "
-                        "SET expiresAt = if_not_exists(expiresAt, :exp)"
-                    ),
-                    ConditionExpression="NOT contains(buckets, :jn)",
-                    ExpressionAttributeValues={
-                        ":neg": n_attr(-(done + failed)),
-                        ":d": n_attr(done),
-                        ":f": n_attr(failed),
-                        ":j": {"NS": [str(ref.bucket)]},
-                        ":jn": n_attr(ref.bucket),
-                        ":exp": n_attr(ctx.expires_at()),
-                    },
-                    ReturnValues="ALL_NEW",
-                )
+            attributes = await update_item(
+                ctx,
+                key,
+                "ADD pending :neg, done :d, failedCount :f, buckets :j "
+                "SET expiresAt = if_not_exists(expiresAt, :exp)",
+                {
+                    ":neg": n_attr(-(done + failed)),
+                    ":d": n_attr(done),
+                    ":f": n_attr(failed),
+                    ":j": {"NS": [str(ref.bucket)]},
+                    ":jn": n_attr(ref.bucket),
+                    ":exp": n_attr(ctx.expires_at()),
+                },
+                condition="NOT contains(buckets, :jn)",
+            )
         except ConditionFailedError:
             # Closed before (a duplicate, or our own request whose answer was
             # lost): finish whatever that closer may have left undone.
@@ -247,7 +240,7 @@ async def _close_bucket(
         except (ThrottledError, AwsConnectionError):
             await backoff.sleep(attempt)
             continue
-        record = decode_item(response["Attributes"], ShardRecord)  # type: ignore[arg-type]
+        record = decode_item(attributes, ShardRecord)
         emptied = record.sealed and record.pending <= 0 and record.closed_at is None
         if emptied and await close_shard(ctx, ref.cluster_id, ref.shard, record):
             result.flipped.add(ref.cluster_id)
@@ -263,15 +256,12 @@ async def cap_last_bucket(ctx: Context, cid: str, shard: int, count: int) -> Non
         return
     bucket = (count - 1) // BUCKET_SIZE
     key = bucket_key(cid, shard, bucket)
-    with aws_errors(resource=ctx.table):
-        response = await ctx.ddb.update_item(
-            TableName=ctx.table,
-            Key=key_attrs(key.pk, key.rk),
-            UpdateExpression="SET cap = :c, expiresAt = if_not_exists(expiresAt, :exp)",
-            ExpressionAttributeValues={":c": n_attr(size), ":exp": n_attr(ctx.expires_at())},
-            ReturnValues="ALL_NEW",
-        )
-    item = response.get("Attributes") or {}
+    item = await update_item(
+        ctx,
+        key,
+        "SET cap = :c, expiresAt = if_not_exists(expiresAt, :exp)",
+        {":c": n_attr(size), ":exp": n_attr(ctx.expires_at())},
+    )
     done, failed = bucket_counts(item)
     if done + failed >= size:
         ref = TaskRef(_task_key_in(cid, shard, bucket))

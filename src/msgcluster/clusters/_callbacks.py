@@ -18,10 +18,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .._aws_errors import aws_errors
 from .._clusterkeys import cluster_key
 from .._context import iso_now
-from .._dynamo import get_consistent, key_attrs, n_attr
+from .._dynamo import get_consistent, n_attr, update_item
 from .._errors import (
     AwsConnectionError,
     CallbackError,
@@ -227,23 +226,16 @@ async def _claim(
     }
     mine = _name_condition(only, values)
     try:
-        with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(key.pk, key.rk),
-                UpdateExpression=(
-                    "SET callbackStatus = :running, callbackLease = :until, "
-                    "callbackOwner = :me, updatedAt = :iso ADD callbackAttempts :one"
-                ),
-                ConditionExpression=(
-                    "statusCode IN (:done, :error) AND (callbackStatus = :pending OR "
-                    "(callbackStatus = :running AND callbackLease < :now))" + mine
-                ),
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        attributes: dict[str, Any] | None = response["Attributes"]
+        attributes: dict[str, Any] | None = await update_item(
+            ctx,
+            key,
+            "SET callbackStatus = :running, callbackLease = :until, "
+            "callbackOwner = :me, updatedAt = :iso ADD callbackAttempts :one",
+            values,
+            condition="statusCode IN (:done, :error) AND (callbackStatus = :pending OR "
+            "(callbackStatus = :running AND callbackLease < :now))" + mine,
+            returns_on_failure="ALL_OLD",
+        )
     except ConditionFailedError as exc:
         # Our claim applied but its response was lost, and botocore's retry
         # of it failed the condition: the item then names us as the owner.
@@ -296,14 +288,10 @@ async def _release(
         values[":err"] = {"S": error}
         sets.append("callbackError = :err")
     try:
-        with aws_errors(resource=ctx.table):
-            await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(key.pk, key.rk),
-                UpdateExpression="SET " + ", ".join(sets) + " REMOVE callbackLease",
-                ConditionExpression="callbackOwner = :me",
-                ExpressionAttributeValues=values,
-            )
+        expression = "SET " + ", ".join(sets) + " REMOVE callbackLease"
+        await update_item(
+            ctx, key, expression, values, condition="callbackOwner = :me", returns="NONE"
+        )
     except ConditionFailedError:
         # Our lease ran out and another process took the claim over.
         log.warning(

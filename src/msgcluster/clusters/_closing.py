@@ -22,7 +22,7 @@ from .._aws_errors import aws_errors
 from .._batching import Backoff
 from .._clusterkeys import cluster_key, shard_key
 from .._context import iso_now
-from .._dynamo import get_consistent, key_attrs, n_attr
+from .._dynamo import get_consistent, key_attrs, n_attr, update_item
 from .._errors import (
     AwsConnectionError,
     ConditionFailedError,
@@ -234,30 +234,24 @@ async def maybe_flip(ctx: Context, cluster_id: str) -> bool:
         status = Status.COMPLETE if within_tolerance(record) else Status.ERROR
         now = iso_now()
         try:
-            with aws_errors(resource=ctx.table):
-                response = await ctx.ddb.update_item(
-                    TableName=ctx.table,
-                    Key=key_attrs(key.pk, key.rk),
-                    UpdateExpression=(
-                        "SET #s = :s, statusCode = :c, completedAt = :now, updatedAt = :now, "
-                        "callbackStatus = :pending"
-                    ),
-                    ConditionExpression=(
-                        "sealed = :t AND shardsOpen = :zero AND statusCode IN (:c0, :c1)"
-                    ),
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues={
-                        ":s": {"S": status.value},
-                        ":c": n_attr(STATUS_CODES[status]),
-                        ":now": {"S": now},
-                        ":pending": {"S": CallbackStatus.PENDING.value},
-                        ":t": {"BOOL": True},
-                        ":zero": n_attr(0),
-                        ":c0": n_attr(StatusCode.PRE_FLIGHT),
-                        ":c1": n_attr(StatusCode.IN_PROGRESS),
-                    },
-                    ReturnValues="ALL_NEW",
-                )
+            attributes = await update_item(
+                ctx,
+                key,
+                "SET #s = :s, statusCode = :c, completedAt = :now, updatedAt = :now, "
+                "callbackStatus = :pending",
+                {
+                    ":s": {"S": status.value},
+                    ":c": n_attr(STATUS_CODES[status]),
+                    ":now": {"S": now},
+                    ":pending": {"S": CallbackStatus.PENDING.value},
+                    ":t": {"BOOL": True},
+                    ":zero": n_attr(0),
+                    ":c0": n_attr(StatusCode.PRE_FLIGHT),
+                    ":c1": n_attr(StatusCode.IN_PROGRESS),
+                },
+                condition="sealed = :t AND shardsOpen = :zero AND statusCode IN (:c0, :c1)",
+                names={"#s": "status"},
+            )
         except ConditionFailedError:
             item = await _get(ctx, key)  # flipped (or cancelled) concurrently
             if item is None:
@@ -266,7 +260,7 @@ async def maybe_flip(ctx: Context, cluster_id: str) -> bool:
             if record.status_code == StatusCode.STOPPED:
                 return False
         else:
-            record = decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+            record = decode_item(attributes, MessageClusterRecord)
             log.info("cluster %s is %s (%d/%d)", cluster_id, status, record.completed, record.total)
     if record.callback_status in (CallbackStatus.PENDING, CallbackStatus.RUNNING):
         await send_event(ctx, record, item)
@@ -301,13 +295,13 @@ async def send_event(
         raise sent.error
     key = record.key
     try:
-        with aws_errors(resource=ctx.table):
-            await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(key.pk, key.rk),
-                UpdateExpression="SET eventSentAt = :now",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues={":now": n_attr(now)},
-            )
+        await update_item(
+            ctx,
+            key,
+            "SET eventSentAt = :now",
+            {":now": n_attr(now)},
+            condition="attribute_exists(pk)",
+            returns="NONE",
+        )
     except MsgclusterError as exc:  # the event is out; at worst it is sent again
         log.debug("could not record the completion event of %s: %s", key.pk, exc)

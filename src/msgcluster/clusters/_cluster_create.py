@@ -35,7 +35,7 @@ from .._clusterkeys import (
     task_key,
 )
 from .._context import iso_now
-from .._dynamo import batch_get, batch_write, get_consistent, key_attrs
+from .._dynamo import batch_get, batch_write, get_consistent, update_item
 from .._errors import (
     ClusterCreateError,
     ConditionFailedError,
@@ -391,32 +391,27 @@ class _Creator:
         """Every task of the block was sent: let the shard count down to closure."""
         key = shard_key(self.cid, shard)
         try:
-            with aws_errors(resource=self.ctx.table):
-                response = await self.ctx.ddb.update_item(
-                    TableName=self.ctx.table,
-                    Key=key_attrs(key.pk, key.rk),
-                    UpdateExpression=(
-                        "ADD pending :n, done :zero, failedCount :zero "
-                        "SET sealed = :t, #total = :n, "
-                        "expiresAt = if_not_exists(expiresAt, :exp)"
-                    ),
-                    ConditionExpression="attribute_not_exists(sealed)",
-                    ExpressionAttributeNames={"#total": "total"},
-                    ExpressionAttributeValues={
-                        ":n": {"N": str(count)},
-                        ":zero": {"N": "0"},
-                        ":t": {"BOOL": True},
-                        ":exp": {"N": str(self.ctx.expires_at())},
-                    },
-                    ReturnValues="ALL_NEW",
-                )
+            attributes = await update_item(
+                self.ctx,
+                key,
+                "ADD pending :n, done :zero, failedCount :zero "
+                "SET sealed = :t, #total = :n, expiresAt = if_not_exists(expiresAt, :exp)",
+                {
+                    ":n": {"N": str(count)},
+                    ":zero": {"N": "0"},
+                    ":t": {"BOOL": True},
+                    ":exp": {"N": str(self.ctx.expires_at())},
+                },
+                condition="attribute_not_exists(sealed)",
+                names={"#total": "total"},
+            )
         except ConditionFailedError:
             item = await _get(self.ctx, key)  # sealed by an earlier try of this block
             if item is None:
                 return
             record = decode_item(item, ShardRecord)
         else:
-            record = decode_item(response["Attributes"], ShardRecord)  # type: ignore[arg-type]
+            record = decode_item(attributes, ShardRecord)
         if self.bucketed:
             await cap_last_bucket(self.ctx, self.cid, shard, count)
         if record.pending <= 0 and record.closed_at is None:
@@ -427,29 +422,25 @@ class _Creator:
 async def _seal_cluster(ctx: Context, cid: str, total: int, shards: int) -> None:
     key = cluster_key(cid)
     try:
-        with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(key.pk, key.rk),
-                UpdateExpression=(
-                    "SET sealed = :t, #total = :total, shards = :shards, #s = :s, "
-                    "statusCode = :c, updatedAt = :now ADD shardsOpen :shards"
-                ),
-                ConditionExpression="attribute_not_exists(sealed) AND statusCode <> :stopped",
-                ExpressionAttributeNames={"#s": "status", "#total": "total"},
-                ExpressionAttributeValues={
-                    ":t": {"BOOL": True},
-                    ":total": {"N": str(total)},
-                    ":shards": {"N": str(shards)},
-                    ":s": {"S": Status.IN_PROGRESS.value},
-                    ":c": {"N": str(int(StatusCode.IN_PROGRESS))},
-                    ":now": {"S": iso_now()},
-                    ":stopped": {"N": str(int(StatusCode.STOPPED))},
-                },
-                ReturnValues="ALL_NEW",
-            )
+        attributes = await update_item(
+            ctx,
+            key,
+            "SET sealed = :t, #total = :total, shards = :shards, #s = :s, "
+            "statusCode = :c, updatedAt = :now ADD shardsOpen :shards",
+            {
+                ":t": {"BOOL": True},
+                ":total": {"N": str(total)},
+                ":shards": {"N": str(shards)},
+                ":s": {"S": Status.IN_PROGRESS.value},
+                ":c": {"N": str(int(StatusCode.IN_PROGRESS))},
+                ":now": {"S": iso_now()},
+                ":stopped": {"N": str(int(StatusCode.STOPPED))},
+            },
+            condition="attribute_not_exists(sealed) AND statusCode <> :stopped",
+            names={"#s": "status", "#total": "total"},
+        )
     except ConditionFailedError:
         await maybe_flip(ctx, cid)  # sealed before (resume) or cancelled
         return
-    if int(response["Attributes"]["shardsOpen"]["N"]) <= 0:
+    if int(attributes["shardsOpen"]["N"]) <= 0:
         await maybe_flip(ctx, cid)

@@ -24,7 +24,7 @@ from .._clusterkeys import (
     shard_key,
 )
 from .._context import iso_now
-from .._dynamo import batch_get, key_attrs
+from .._dynamo import batch_get, key_attrs, update_item
 from .._errors import (
     ClusterError,
     ConditionFailedError,
@@ -317,19 +317,13 @@ async def update_message_cluster(
         values[":m"] = to_attr(msgspec.json.decode(meta_bytes))
         sets.append("#m = :m")
     try:
-        with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(ckey.pk, ckey.rk),
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
+        expression = "SET " + ", ".join(sets)
+        attributes = await update_item(
+            ctx, ckey, expression, values, condition="attribute_exists(pk)", names=names
+        )
     except ConditionFailedError as exc:
         raise RecordNotFoundError(f"no cluster {cid}") from exc
-    return decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+    return decode_item(attributes, MessageClusterRecord)
 
 
 async def cancel_message_cluster(ctx: Context, key: object) -> MessageClusterRecord:
@@ -339,24 +333,20 @@ async def cancel_message_cluster(ctx: Context, key: object) -> MessageClusterRec
     ckey = cluster_key(cid)
     now = iso_now()
     try:
-        with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(ckey.pk, ckey.rk),
-                UpdateExpression=(
-                    "SET #s = :s, statusCode = :c, cancelledAt = :now, updatedAt = :now"
-                ),
-                ConditionExpression="attribute_exists(pk) AND statusCode IN (:c0, :c1)",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":s": {"S": Status.ERROR.value},
-                    ":c": {"N": str(int(StatusCode.STOPPED))},
-                    ":now": {"S": now},
-                    ":c0": {"N": str(int(StatusCode.PRE_FLIGHT))},
-                    ":c1": {"N": str(int(StatusCode.IN_PROGRESS))},
-                },
-                ReturnValues="ALL_NEW",
-            )
+        attributes = await update_item(
+            ctx,
+            ckey,
+            "SET #s = :s, statusCode = :c, cancelledAt = :now, updatedAt = :now",
+            {
+                ":s": {"S": Status.ERROR.value},
+                ":c": {"N": str(int(StatusCode.STOPPED))},
+                ":now": {"S": now},
+                ":c0": {"N": str(int(StatusCode.PRE_FLIGHT))},
+                ":c1": {"N": str(int(StatusCode.IN_PROGRESS))},
+            },
+            condition="attribute_exists(pk) AND statusCode IN (:c0, :c1)",
+            names={"#s": "status"},
+        )
     except ConditionFailedError:
         record = decode_item(await _get_cluster_item(ctx, cid, True), MessageClusterRecord)
         if record.cancelled:
@@ -366,7 +356,7 @@ async def cancel_message_cluster(ctx: Context, key: object) -> MessageClusterRec
             "cancelled",
             cluster_id=cid,
         ) from None
-    return decode_item(response["Attributes"], MessageClusterRecord)  # type: ignore[arg-type]
+    return decode_item(attributes, MessageClusterRecord)
 
 
 async def on_cluster_complete(

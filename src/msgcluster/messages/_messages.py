@@ -12,7 +12,7 @@ import msgspec
 
 from .._aws_errors import aws_errors
 from .._context import iso_now
-from .._dynamo import batch_get, key_attrs
+from .._dynamo import batch_get, key_attrs, update_item
 from .._errors import ConditionFailedError, MsgclusterError, RecordNotFoundError
 from .._itemcodec import decode_item, from_attr, to_attr
 from .._json import encode_meta
@@ -125,17 +125,15 @@ async def update_message_record(
         values[":expected"] = {"S": Status.parse(expected_status).value}
         condition += " AND #s = :expected"
     try:
-        with aws_errors(resource=ctx.table):
-            response = await ctx.ddb.update_item(
-                TableName=ctx.table,
-                Key=key_attrs(record_key_.pk, record_key_.rk),
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+        attributes = await update_item(
+            ctx,
+            record_key_,
+            "SET " + ", ".join(sets),
+            values,
+            condition=condition,
+            names=names,
+            returns_on_failure="ALL_OLD",
+        )
     except ConditionFailedError as exc:
         if not exc.item:
             raise RecordNotFoundError(f"no record for {record_key_.pk}") from exc
@@ -146,7 +144,7 @@ async def update_message_record(
             code=exc.code,
             operation=exc.operation,
         ) from exc
-    return decode_item(response["Attributes"], MessageRecord)  # type: ignore[arg-type]
+    return decode_item(attributes, MessageRecord)
 
 
 def _meta_attr(ctx: Context, meta: Any) -> dict[str, Any]:
