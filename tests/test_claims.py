@@ -126,6 +126,29 @@ async def test_a_failed_attempt_releases_its_claim(
     assert len(attempts) == 2
 
 
+async def test_a_failure_on_a_full_error_list_releases_its_claim_too(
+    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
+) -> None:
+    """Once the error list is full, a failure replaces its oldest entry (another
+    write path); it must end the claim all the same."""
+    await mc.send_message(queue_url, {"n": 1})
+    event = await _event(mc, queue_url, 1)
+    fails = mc.settings.max_errors + 1
+    attempts: list[int] = []
+
+    async def flaky(record: ParsedRecord[Any]) -> None:
+        attempts.append(1)
+        if len(attempts) <= fails:
+            raise RuntimeError(f"try {len(attempts)} fails")
+
+    async with client_for(local_aws, names, claim=True, claim_seconds=60) as claiming:
+        for _ in range(fails):
+            assert len((await claiming.safe_process_batch(event, flaky))["batchItemFailures"]) == 1
+        # At once, not after the 60 s lease.
+        assert await claiming.safe_process_batch(event, flaky) == {"batchItemFailures": []}
+    assert len(attempts) == fails + 1
+
+
 async def test_two_workers_with_duplicates_run_each_task_once(
     local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
 ) -> None:

@@ -208,25 +208,28 @@ async def _append_error(
     }
     sets = "#s = :s, #c = :c, #u = :now, expiresAt = :exp, consumptionCount = :rc"
     entry_attr = to_attr(msgspec.to_builtins(entry))
-    request: dict[str, Any] = {
-        "TableName": ctx.table,
-        "Key": key_attrs(key.pk, key.rk),
-        # A failed attempt ends its claim (if any): the retry may run at once.
-        "UpdateExpression": f"SET {sets}, #e = list_append(if_not_exists(#e, :empty), :new) "
-        "REMOVE claimUntil, claimOwner",
-        "ConditionExpression": (
-            "attribute_exists(pk) AND #s <> :done AND (attribute_not_exists(#e) OR size(#e) < :max)"
-        ),
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": base_values
-        | {":empty": {"L": []}, ":new": {"L": [entry_attr]}, ":max": {"N": str(limit)}},
-        "ReturnValues": "ALL_NEW",
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    # A failed attempt ends its claim (if any): the retry may run at once.
+    release = " REMOVE claimUntil, claimOwner"
+    expression = f"SET {sets}, #e = list_append(if_not_exists(#e, :empty), :new)" + release
+    condition = (
+        "attribute_exists(pk) AND #s <> :done AND (attribute_not_exists(#e) OR size(#e) < :max)"
+    )
+    values = base_values | {
+        ":empty": {"L": []},
+        ":new": {"L": [entry_attr]},
+        ":max": {"N": str(limit)},
     }
     for _ in range(8):
         try:
-            with aws_errors(resource=ctx.table):
-                response = await ctx.ddb.update_item(**request)
+            attributes = await update_item(
+                ctx,
+                key,
+                expression,
+                values,
+                condition=condition,
+                names=names,
+                returns_on_failure="ALL_OLD",
+            )
         except ConditionFailedError as exc:
             old = exc.item
             if not old or old.get("status", {}).get("S") == Status.COMPLETE.value:
@@ -234,14 +237,14 @@ async def _append_error(
             # The list is full: keep the newest ``limit - 1`` and append, as a
             # compare-and-set on updatedAt so concurrent failures do not clobber.
             kept = old.get("error", {}).get("L", [])[-(limit - 1) :] if limit > 1 else []
-            request["UpdateExpression"] = f"SET {sets}, #e = :list"
-            request["ConditionExpression"] = "#u = :prev AND #s <> :done"
-            request["ExpressionAttributeValues"] = base_values | {
+            expression = f"SET {sets}, #e = :list" + release
+            condition = "#u = :prev AND #s <> :done"
+            values = base_values | {
                 ":list": {"L": [*kept, entry_attr]},
                 ":prev": old.get("updatedAt", {"S": ""}),
             }
             continue
-        return decode_item(response["Attributes"], MessageRecord)  # type: ignore[arg-type]
+        return decode_item(attributes, MessageRecord)
     raise MsgclusterError(f"could not record a failure on {key.pk}: too much contention")
 
 
