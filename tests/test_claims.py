@@ -149,6 +149,47 @@ async def test_a_failure_on_a_full_error_list_releases_its_claim_too(
     assert len(attempts) == fails + 1
 
 
+async def _redriven(mc: msgcluster.Client, queue_url: str) -> msgcluster.RecordKey:
+    """A tracked message whose record is ERROR (it reached its DLQ) and which is
+    back on its queue, as `msgcluster redrive` leaves it."""
+    key = await mc.send_message(queue_url, {"n": 1})
+    record = await mc.mark_failed(key, RuntimeError("payment service down"), final=True)
+    assert record is not None
+    assert record.status == "ERROR"
+    return key
+
+
+async def test_a_redriven_message_runs_again_with_claims_on(
+    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
+) -> None:
+    key = await _redriven(mc, queue_url)
+    event = await _event(mc, queue_url, 1)
+    runs: list[int] = []
+    async with client_for(local_aws, names, claim=True, claim_seconds=60) as claiming:
+        result = await claiming.safe_process_batch(event, lambda record: runs.append(1))
+    assert result == {"batchItemFailures": []}
+    assert runs == [1]
+    assert await mc.is_complete(key)
+
+
+async def test_a_redriven_message_runs_again_on_a_worker_with_claims_on(
+    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
+) -> None:
+    key = await _redriven(mc, queue_url)
+    runs: list[int] = []
+    async with client_for(local_aws, names, claim=True, claim_seconds=60) as claiming:
+        app = App(claiming)
+
+        @app.handler(dict)
+        async def handle(body: dict[str, Any]) -> None:
+            runs.append(body["n"])
+
+        with anyio.fail_after(30):
+            await Worker(app, queue_url, burst=True, wait_seconds=1).run()
+    assert runs == [1]
+    assert await mc.is_complete(key)
+
+
 async def test_two_workers_with_duplicates_run_each_task_once(
     local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
 ) -> None:

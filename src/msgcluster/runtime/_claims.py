@@ -2,7 +2,7 @@
 
 Opt-in (``Client(claim=True)``). After the completion check, the records
 about to run are claimed together, in one ``TransactWriteItems`` per 100: each
-``PRE FLIGHT | IN PROGRESS -> IN PROGRESS`` with a lease (``claimUntil``)
+``PRE FLIGHT | IN PROGRESS | ERROR -> IN PROGRESS`` with a lease (``claimUntil``)
 and a per-call owner, on condition that no live lease is held. A record
 whose condition fails is held by another consumer (or was completed
 meanwhile): its handler does not run here, and the message is retried
@@ -135,13 +135,15 @@ def _claim_update(ctx: Context, key: RecordKey, owner: str, now: int, until: int
             "SET #s = :ip, statusCode = :c, claimUntil = :until, claimOwner = :me"
         ),
         "ConditionExpression": (
-            "attribute_exists(pk) AND #s IN (:pf, :ip) "
+            # Not COMPLETE: an ERROR record's message is back from its DLQ (a
+            # redrive) and runs again, as it does without claims.
+            "attribute_exists(pk) AND #s <> :done "
             "AND (attribute_not_exists(claimUntil) OR claimUntil <= :now)"
         ),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {
             ":ip": {"S": Status.IN_PROGRESS.value},
-            ":pf": {"S": Status.PRE_FLIGHT.value},
+            ":done": {"S": Status.COMPLETE.value},
             ":c": n_attr(STATUS_CODES[Status.IN_PROGRESS]),
             ":until": n_attr(until),
             ":now": n_attr(now),
