@@ -196,6 +196,35 @@ async def test_safe_process_batch_reads_extended_pointers(
         await mc.get_message_record(key, consistent_read=True)
 
 
+async def test_two_extended_pointers_to_one_tracked_message_complete_together(
+    mc: msgcluster.Client, queue_url: str, names: dict[str, str]
+) -> None:
+    """Two deliveries known to be the same record only once their payloads are
+    read: its record is deleted once (BatchWriteItem refuses a key twice, which
+    failed the whole batch)."""
+    key = await mc.send_message(queue_url, Order(2, "lamp"))
+    (message,) = await receive_all(mc, queue_url, 1)
+    arn = await queue_arn(mc, queue_url)
+    records = []
+    for copy in ("copy-1", "copy-2"):
+        await mc.s3.put_object(Bucket=names["bucket"], Key=copy, Body=message["Body"])
+        record = as_lambda_record(message, arn) | {"messageId": copy}
+        record["body"] = json.dumps(
+            [
+                "software.amazon.payloadoffloading.PayloadS3Pointer",
+                {"s3BucketName": names["bucket"], "s3Key": copy},
+            ]
+        )
+        record["messageAttributes"] = {
+            "ExtendedPayloadSize": {"stringValue": str(len(message["Body"])), "dataType": "Number"}
+        }
+        records.append(record)
+    result = await mc.safe_process_batch({"Records": records}, lambda parsed: None, body_type=Order)
+    assert result == {"batchItemFailures": []}
+    with pytest.raises(msgcluster.RecordNotFoundError):
+        await mc.get_message_record(key, consistent_read=True)
+
+
 async def test_extended_pointer_to_missing_object(
     mc: msgcluster.Client, queue_url: str, names: dict[str, str]
 ) -> None:

@@ -359,11 +359,14 @@ async def _complete(ctx: Context, items: list[_Item]) -> None:
             for item in tasks:
                 item.ok = False
                 item.error = RuntimeError("task could not be marked complete")
-    requests = [
-        {"DeleteRequest": {"Key": key_attrs(item.key.pk, item.key.rk)}}
+    # Two deliveries may resolve to one record only once their payloads are
+    # read; BatchWriteItem refuses a key twice, so each is deleted once.
+    keys = {
+        (item.key.pk, item.key.rk): None
         for item in items
         if item.key is not None and kind_of(item.key) is MessageKind.MESSAGE
-    ]
+    }
+    requests = [{"DeleteRequest": {"Key": key_attrs(pk, rk)}} for pk, rk in keys]
     if not requests:
         return
     try:
