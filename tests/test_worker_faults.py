@@ -8,12 +8,13 @@ from collections import Counter
 
 import anyio
 import msgspec
-from conftest import queue_depth
-from faultproxy import FaultProxy, drop_response, fail_sqs_batch_entries, throttle
+from conftest import client_for, queue_depth
+from faultproxy import FaultProxy, drop_response, fail_sqs_batch_entries, match_target, throttle
 
 import msgcluster
+from msgcluster.local import LocalAWS
 from msgcluster.queues import open_queue
-from msgcluster.worker import App, Retry, Worker
+from msgcluster.worker import App, Reject, Retry, Worker
 
 
 class Job(msgspec.Struct):
@@ -125,3 +126,45 @@ async def test_worker_rides_out_sqs_faults_and_handles_each_tracked_message_once
     # Each handled once; 5 twice (its first run asked for a retry).
     assert handled == Counter({n: 2 if n == 5 else 1 for n in range(30)})
     assert proxy.count("DeleteMessageBatch") >= 4  # three acks, a retry, the lost answer
+
+
+async def test_a_completion_that_fails_retries_its_messages_after_a_backoff_alone(
+    local_aws: LocalAWS,
+    names: dict[str, str],
+    mc: msgcluster.Client,
+    queue_url: str,
+    proxy: FaultProxy,
+) -> None:
+    """The batch's completion (the records' BatchWriteItem) throttled past every
+    retry: its handled messages are not acked and come back after a backoff (not
+    at once), each recorded with the error; the message the handler rejected in
+    the same batch is dead-lettered as it would have been."""
+    keys = await mc.send_message_batch(queue_url, [Job(n) for n in range(5)])
+    handled: Counter[int] = Counter()
+    throttled = proxy.add_rule(match_target("BatchWriteItem"), throttle(), times=2)
+    async with client_for(local_aws, names, endpoint_url=proxy.url, max_attempts=2) as pc:
+        app = App(client=pc)
+
+        @app.handler(Job)
+        async def job(body: Job) -> None:
+            handled[body.n] += 1
+            if body.n == 0:
+                raise Reject("not this one")
+
+        worker = Worker(app, queue_url, wait_seconds=0.5, backoff_base=30, handle_signals=False)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.run)
+                while not throttled.exhausted:  # noqa: ASYNC110
+                    await anyio.sleep(0.1)
+                await anyio.sleep(1.5)  # released at once, they would be handled again by now
+                worker.stop()
+    assert handled == Counter(range(5))
+    records = await mc.get_message_records(keys, consistent_read=True)
+    assert records[0] is not None
+    assert records[0].status == "ERROR"  # rejected: dead-lettered, recorded
+    for record in records[1:]:
+        assert record is not None
+        assert record.status == "IN PROGRESS"
+        assert record.error[-1].type == "ThrottledError"
+    assert await queue_depth(mc, queue_url) == 4  # in flight, back in ~15-30 s

@@ -4,7 +4,9 @@ handlers ran (mixed into :class:`~msgcluster.worker.Worker`).
 * Successful tracked messages are completed/counted with one
   ``mark_complete_batch``, then acked in one call. Nothing is acked before
   every write it causes has been applied, and work that was completed is
-  never made visible again, even when its ack fails.
+  never made visible again, even when its ack fails. If the completion
+  itself fails (DynamoDB throttled past its retries), those messages are
+  retried after a backoff, like failures; the rest of the batch settles.
 * Failure: the message becomes visible again after a jittered exponential
   backoff; on its last receive a tracked message is recorded as failed (a
   cluster task counts as failed) and the queue's DLQ takes it. ``Reject`` and
@@ -51,27 +53,7 @@ class SettleSteps:
     _callbacks_running: dict[RecordKey, anyio.Event]
 
     async def _complete(self, queue: Queue, items: list[Item]) -> None:
-        client = self.app.client
-        done = [i.record for i in items if i.outcome is Outcome.SUCCEEDED and i.record is not None]
-        if done and client is not None:
-            await client.mark_complete_batch(done)
-            callback = self.app.cluster_callback
-            if callback is not None:
-                for key in {r.cluster_key for r in done if r.cluster_key is not None}:
-                    local = self._callbacks_running.get(key)
-                    if local is not None:
-                        # Another batch of this worker runs it now: its outcome decides.
-                        await local.wait()
-                        continue
-                    running = self._callbacks_running[key] = anyio.Event()
-                    try:
-                        await client.on_cluster_complete(key, callback)
-                    except MsgclusterError as exc:
-                        # Recorded on the cluster; its completion event retries it.
-                        log.warning("cluster callback failed: %s", exc)
-                    finally:
-                        self._callbacks_running.pop(key, None)
-                        running.set()
+        await self._record_done(items)
         for item in items:
             if item.copy_of is not None and item.copy_of.outcome not in ACKED:
                 # Its first delivery is retried or dead-lettered: deleting the
@@ -90,6 +72,43 @@ class SettleSteps:
         for item in items:
             if item.outcome is Outcome.DEAD_LETTERED:
                 await self._dead_letter(queue, item)
+
+    async def _record_done(self, items: list[Item]) -> None:
+        """Complete (count) the batch's handled tracked messages; run their
+        clusters' callbacks. If that fails, none of them is acked: each is
+        retried after a backoff, like a failure (a duplicate is skipped where
+        its completion did apply), and the batch's other messages settle as
+        they would have."""
+        client = self.app.client
+        done = [i for i in items if i.outcome is Outcome.SUCCEEDED and i.record is not None]
+        records = [i.record for i in done if i.record is not None]
+        if not records or client is None:
+            return
+        try:
+            await client.mark_complete_batch(records)
+        except MsgclusterError as exc:
+            log.warning("could not complete %d message(s), retried: %s", len(done), exc)
+            for item in done:
+                item.outcome, item.error = Outcome.RETRIED, exc
+            return
+        callback = self.app.cluster_callback
+        if callback is None:
+            return
+        for key in {r.cluster_key for r in records if r.cluster_key is not None}:
+            local = self._callbacks_running.get(key)
+            if local is not None:
+                # Another batch of this worker runs it now: its outcome decides.
+                await local.wait()
+                continue
+            running = self._callbacks_running[key] = anyio.Event()
+            try:
+                await client.on_cluster_complete(key, callback)
+            except MsgclusterError as exc:
+                # Recorded on the cluster; its completion event retries it.
+                log.warning("cluster callback failed: %s", exc)
+            finally:
+                self._callbacks_running.pop(key, None)
+                running.set()
 
     async def _ack(self, queue: Queue, items: list[Item]) -> None:
         """Acknowledge what is done, in as few requests as the queue allows.
