@@ -100,11 +100,16 @@ async def test_the_lambda_adapter_fails_a_deep_body_alone(
     ['{"order_id": "\udcff"}', "\ud800"],
     ids=["surrogate in JSON", "lone surrogate"],
 )
-async def test_a_body_with_a_lone_surrogate_is_poison(mc: msgcluster.Client, body: str) -> None:
+@pytest.mark.parametrize("body_type", [Order, msgspec.Raw], ids=["typed", "raw"])
+async def test_a_body_with_a_lone_surrogate_is_poison(
+    mc: msgcluster.Client, body: str, body_type: Any
+) -> None:
     result = await mc.safe_process_batch(
-        good_and_bad(lambda_record("bad", body)), lambda record: record.body, body_type=Order
+        good_and_bad(lambda_record("bad", body)), lambda record: record.body, body_type=body_type
     )
     assert result == {"batchItemFailures": [{"itemIdentifier": "bad"}]}
+    with pytest.raises(msgcluster.BodyDecodeError):
+        mc.read_sqs_record(lambda_record("bad", body), body_type=body_type)
 
 
 async def test_an_odd_record_among_sqs_records_fails_alone(mc: msgcluster.Client) -> None:

@@ -47,7 +47,7 @@ class BodyDecoder:
 
     def tracked(self, raw: bytes | str | msgspec.Raw, message_id: str) -> Any:
         if self.raw:
-            return msgspec.Raw(raw)
+            return msgspec.Raw(_utf8(raw, message_id) if isinstance(raw, str) else raw)
         try:
             return self._json.decode(raw)
         except msgspec.ValidationError as exc:
@@ -57,7 +57,7 @@ class BodyDecoder:
 
     def plain(self, data: str | bytes, message_id: str) -> Any:
         if self.raw:
-            return msgspec.Raw(data.encode() if isinstance(data, str) else data)
+            return msgspec.Raw(_utf8(data, message_id) if isinstance(data, str) else data)
         failure: BodyDecodeError | None = None
         if self._plain_json is not None:
             try:
