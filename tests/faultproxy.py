@@ -545,9 +545,9 @@ def error(status: int, code: str, message: str = "", *, sender_fault: bool | Non
 
 def strict_sqs() -> Action:
     """Refuse what real SQS refuses and moto accepts: an empty ``MessageBody``
-    (400 ``MissingParameter``) and an empty attribute value (400
-    ``InvalidParameterValue``), in SendMessage and every SendMessageBatch
-    entry. Everything else is forwarded."""
+    (400 ``MissingParameter``), an empty attribute value and more than 10
+    attributes (400 ``InvalidParameterValue``), in SendMessage and every
+    SendMessageBatch entry. Everything else is forwarded."""
 
     def refusal(body: Any) -> tuple[str, str] | None:
         entries = body.get("Entries") if isinstance(body.get("Entries"), list) else [body]
@@ -556,6 +556,12 @@ def strict_sqs() -> Action:
                 continue
             if entry.get("MessageBody", None) == "":
                 return "MissingParameter", "The request must contain the parameter MessageBody."
+            count = len(entry.get("MessageAttributes") or {})
+            if count > 10:
+                return (
+                    "InvalidParameterValue",
+                    f"Number of message attributes [{count}] exceeds the allowed maximum [10].",
+                )
             for name, value in (entry.get("MessageAttributes") or {}).items():
                 if not isinstance(value, dict):
                     continue

@@ -359,3 +359,80 @@ async def test_attribute_count_is_the_queues(mc: msgcluster.Client, queue_url: s
     (message,) = await receive_all(mc, queue_url, 1)
     assert mc.read_sqs_record(message).key == key
     assert len(message["MessageAttributes"]) == 9
+
+
+FOREIGN_ENCODING = [
+    # Another sender's use of msgcluster's reserved encoding attribute: bodies
+    # msgcluster could not have encoded so, delivered as they are.
+    ("not base64 !!!", "base64"),
+    ("a real body", "empty"),
+    ("hello", "rot13"),
+]
+
+
+async def test_a_foreign_encoding_attribute_never_sinks_or_empties_a_receive(
+    mc: msgcluster.Client, queue_url: str
+) -> None:
+    for body, encoding in FOREIGN_ENCODING:
+        await mc.sqs.send_message(
+            QueueUrl=queue_url,
+            MessageBody=body,
+            MessageAttributes={
+                "msgcluster.encoding": {"DataType": "String", "StringValue": encoding}
+            },
+        )
+    await mc.sqs.send_message(QueueUrl=queue_url, MessageBody="good")
+    app = App(client=mc)
+    seen: dict[bytes, dict[str, str]] = {}
+
+    @app.handler(bytes)
+    async def handle(body: bytes, ctx: Any) -> None:
+        seen[body] = dict(ctx.attributes)
+
+    stats = await Worker(app, queue_url, burst=True, wait_seconds=1).run()
+    assert set(seen) == {b"not base64 !!!", b"a real body", b"hello", b"good"}
+    assert seen[b"hello"] == {"msgcluster.encoding": "rot13"}
+    assert stats.outcomes == Counter({Outcome.SUCCEEDED: 4})
+
+
+async def test_a_dead_letter_copy_is_one_sqs_accepts(
+    pc: msgcluster.Client, mc: msgcluster.Client, names: dict[str, str], proxy: FaultProxy
+) -> None:
+    """Nine attributes (all sqs:// takes) and a binary body, which travels with
+    the encoding flag: the copy has no room for the reason attribute, and goes
+    without it rather than be refused (real SQS takes 10 attributes)."""
+    proxy.add_rule("SendMessage", strict_sqs())
+    proxy.add_rule("SendMessageBatch", strict_sqs())
+    await mc.provision(queues=[names["queue"]], max_receive_count=3)
+    attributes: dict[str, Any] = {f"a{i}": f"v{i}" for i in range(8)} | {"bin": b"\x01"}
+    async with msgcluster.open_queue(f"sqs://{names['queue']}", client=pc.sqs) as queue:
+        (sent,) = await queue.send([OutgoingMsg(body=b"\xff", attributes=attributes)])
+        assert sent.ok, sent.error
+        (message,) = await queue.receive(wait_seconds=1, visibility_timeout=30)
+        assert await queue.dead_letter(message, "poison") is True
+    async with msgcluster.open_queue(f"sqs://{names['queue']}-dlq", client=pc.sqs) as dlq:
+        (dead,) = await dlq.receive(wait_seconds=1)
+    assert dead.body == b"\xff"
+    assert dead.attributes == message.attributes
+
+
+async def test_encoded_bodies_are_not_deduplicated_with_the_text_they_travel_as(
+    mc: msgcluster.Client, names: dict[str, str]
+) -> None:
+    """A FIFO queue deduplicating by content: b"" travels as "-" and b"\\x00" as
+    "AA==" (flagged); each is still its own message, as on memory://."""
+    created = await mc.sqs.create_queue(
+        QueueName=f"{names['queue']}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+    )
+    bodies: list[bytes | str] = [b"", "-", b"\x00", "AA=="]
+    async with msgcluster.open_queue(created["QueueUrl"], client=mc.sqs) as queue:
+        results = await queue.send([OutgoingMsg(body=b, group_id="g") for b in bodies])
+        assert all(result.ok for result in results)
+        got: list[bytes] = []
+        with anyio.fail_after(20):
+            while len(got) < len(bodies):
+                messages = await queue.receive(wait_seconds=1)
+                got += [m.body for m in messages]
+                await queue.ack(messages)
+    assert got == [b"", b"-", b"\x00", b"AA=="]

@@ -19,6 +19,7 @@ might miss messages).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -348,6 +349,22 @@ async def test_arbitrary_bytes_round_trip_exactly(h: Harness) -> None:
         assert by_index[index].attributes == {"n": str(index)}
 
 
+async def test_attributes_count_as_sqs_counts_them(h: Harness) -> None:
+    """Name, data type and value count against the size limit; a Binary value
+    as its bytes, not their base64 text."""
+    limit = h.queue.capabilities.max_body_bytes
+    text = {"k": "v"}  # 1 + len("String") + 1 bytes
+    (over,) = await h.queue.send([OutgoingMessage(body="x" * (limit - 2), attributes=text)])
+    assert isinstance(over.error, msgcluster.MessageTooLargeError)
+    blob = bytes(3072)  # 4,096 bytes as base64
+    exact = limit - (len("b") + len("Binary") + len(blob))
+    (fits,) = await h.queue.send([OutgoingMessage(body="y" * exact, attributes={"b": blob})])
+    assert fits.ok, fits.error
+    (message,) = await receive_n(h.queue, 1)
+    assert len(message.body) == exact
+    await h.queue.ack([message])
+
+
 async def test_largest_body_fits_and_one_byte_more_does_not(h: Harness) -> None:
     limit = h.queue.capabilities.max_body_bytes
     (result,) = await h.queue.send(["x" * (limit + 1)])
@@ -592,6 +609,22 @@ async def test_a_thousand_messages_in_one_send(h: Harness) -> None:
     await receive_nothing(h)
 
 
+async def test_an_out_of_range_visibility_fails_its_own_entry(h: Harness) -> None:
+    await send_ok(h.queue, [b"a", b"b", b"c"])
+    received = sorted(await receive_n(h.queue, 3), key=lambda m: m.body)
+    too_long = h.queue.capabilities.max_visibility_seconds + 1
+    results = await h.queue.change_visibility(
+        [(received[0], 60), (received[1], too_long), (received[2], -1)]
+    )
+    assert [r.index for r in results] == [0, 1, 2]
+    assert results[0].ok
+    assert isinstance(results[1].error, msgcluster.ValidationError)
+    assert isinstance(results[2].error, msgcluster.ValidationError)
+    await h.elapse(1)  # past the 1 s timeout: b and c are back, a is still hidden
+    back = await receive_n(h.queue, 2)
+    assert sorted(m.body for m in back) == [b"b", b"c"]
+
+
 async def test_mixed_sizes_up_to_the_byte_limit(h: Harness) -> None:
     caps = h.queue.capabilities
     largest = caps.max_body_bytes
@@ -631,6 +664,28 @@ async def test_dead_letter_now(queue_factory: MakeQueue) -> None:
     assert dead.body == b"bad"
     assert dead.attributes.get("k") == "v"
     await receive_nothing(h)
+
+
+async def test_a_dead_letter_keeps_attribute_types_and_fits_at_the_limits(
+    queue_factory: MakeQueue,
+) -> None:
+    """A message with as many attributes as the queue takes, one Binary, and a
+    body the backend must encode: its dead letter is one the queue accepts,
+    with the attributes as sent; the backend's bookkeeping (the reason) never
+    shows among a received message's attributes."""
+    h = await queue_factory(max_receives=5)
+    assert h.dlq is not None
+    count = h.queue.capabilities.max_attributes
+    attributes: dict[str, Any] = {f"a{i}": f"v{i}" for i in range(count - 1)}
+    attributes["bin"] = b"\x00\x01\x02"
+    await send_ok(h.queue, [OutgoingMessage(body=b"\x00\xff", attributes=attributes)])
+    (message,) = await receive_n(h.queue, 1, visibility_timeout=30)
+    assert await h.queue.dead_letter(message, "poison: cannot decode") is True
+    (dead,) = await receive_n(h.dlq, 1)
+    assert dead.body == b"\x00\xff"
+    assert dead.attributes == message.attributes
+    assert base64.b64decode(dead.attributes["bin"]) == b"\x00\x01\x02"
+    assert dead.attribute_types == message.attribute_types
 
 
 async def test_dead_letter_without_a_dlq_keeps_the_message(h: Harness) -> None:

@@ -133,7 +133,7 @@ def prepare_message(
     # The Extended Client's size attribute belongs on its pointer, and only there.
     pointer = body[:1] == b"[" and _is_pointer(body)
     attributes, types = _checked_attributes(message.attributes, capabilities, extended=pointer)
-    size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
+    size = len(body) + attributes_bytes(attributes, types)
     if size > capabilities.max_body_bytes:
         raise MessageTooLargeError(
             f"message is {size} bytes (body plus attributes); the queue takes at most "
@@ -154,6 +154,17 @@ def prepare_message(
         size,
         types,
     )
+
+
+def attributes_bytes(attributes: Mapping[str, str], types: Mapping[str, str]) -> int:
+    """What attributes count against SQS's size limit: each one's name, data
+    type and value (a Binary value as its bytes, not their base64 text)."""
+    total = 0
+    for name, value in attributes.items():
+        data_type = types.get(name, "String")
+        raw = base64.b64decode(value) if data_type.startswith("Binary") else value.encode()
+        total += len(name.encode()) + len(data_type) + len(raw)
+    return total
 
 
 def _body_bytes(body: object) -> bytes:

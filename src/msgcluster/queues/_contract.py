@@ -73,6 +73,9 @@ class ReceivedMessage(msgspec.Struct, frozen=True, kw_only=True):
     group_id: str | None = None
     sent_at: float | None = None
     receipt: str = ""
+    #: The data type of each attribute that is not ``String`` (``Number``,
+    #: ``Binary``, custom ``.suffix`` types), where the backend keeps types.
+    attribute_types: dict[str, str] = {}
 
 
 class SendResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ from .._errors import (
     ThrottledError,
     ValidationError,
 )
+from ._checks import check_visibility
 from ._contract import AckResult, OutgoingMessage, ReceivedMessage, SendResult
 
 if TYPE_CHECKING:
@@ -298,7 +299,21 @@ class PortableQueue:
                     results.append(AckResult(index=index, id=message.id, error=exc))
             return results
 
-        return await self._settle(items, lambda change: change[0], batch or one_by_one)
+        # An out-of-range number fails its own entry, not the part it falls in.
+        refused: dict[int, MsgclusterError] = {}
+        for index, (_, seconds) in enumerate(items):
+            try:
+                check_visibility(seconds, self.capabilities, "seconds")
+            except ValidationError as exc:
+                refused[index] = exc
+        valid = [item for index, item in enumerate(items) if index not in refused]
+        settled = iter(await self._settle(valid, lambda change: change[0], batch or one_by_one))
+        return [
+            AckResult(index=index, id=message.id, error=refused[index])
+            if index in refused
+            else _at(next(settled), index)
+            for index, (message, _) in enumerate(items)
+        ]
 
     async def _settle(
         self,
@@ -330,10 +345,7 @@ class PortableQueue:
         for index, item in enumerate(items):
             receipt = getattr(message_of(item), "receipt", None)
             source = first.get(receipt, index) if isinstance(receipt, str) else index
-            result = out[source]
-            if result.index != index:
-                result = AckResult(index=index, id=result.id, error=result.error)
-            results.append(result)
+            results.append(_at(out[source], index))
         return results
 
     async def _settle_part(
@@ -354,11 +366,7 @@ class PortableQueue:
                     out[index] = AckResult(index=index, id=_id_of(items[index]), error=exc)
                 return
             for index, result in zip(pending, results, strict=True):
-                out[index] = (
-                    result
-                    if result.index == index
-                    else AckResult(index=index, id=result.id, error=result.error)
-                )
+                out[index] = _at(result, index)
             retry = [index for index in pending if is_retryable(out[index].error)]
             if retry and attempt + 1 >= self._backoff.attempts:
                 for index in retry:
@@ -402,6 +410,13 @@ class PortableQueue:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _at(result: AckResult, index: int) -> AckResult:
+    """``result`` as the result of the input at ``index``."""
+    if result.index == index:
+        return result
+    return AckResult(index=index, id=result.id, error=result.error)
 
 
 def _size_of(message: Any) -> int:

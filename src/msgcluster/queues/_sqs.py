@@ -16,6 +16,7 @@ let the default credential chain find them (environment, profile, role).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from .._errors import (
     ReceiptError,
 )
 from ._checks import (
+    attributes_bytes,
     check_batch_bytes,
     check_receive,
 )
@@ -48,6 +50,7 @@ __all__ = ["SqsQueue", "open_sqs_queue"]
 ENCODING_ATTRIBUTE = "msgcluster.encoding"
 _EMPTY_PLACEHOLDER = "-"
 REASON_ATTRIBUTE = "msgcluster.dead-letter-reason"
+SQS_MAX_ATTRIBUTES = 10
 _SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
 # SQS's text: XML 1.0 characters. Anything else must travel encoded.
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -286,21 +289,8 @@ class SqsQueue(QueueHandle):
                     QueueName=name, QueueOwnerAWSAccountId=account
                 )
             self._dlq_url = found["QueueUrl"]
-        body, encoding = _encode_body(message.body)
-        attributes = {
-            name: {"DataType": "String", "StringValue": value}
-            for name, value in message.attributes.items()
-        }
-        if encoding is not None:
-            attributes[ENCODING_ATTRIBUTE] = {"DataType": "String", "StringValue": encoding}
-        reason = _NOT_SQS_TEXT.sub("?", reason[:1000])
-        if reason:
-            attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": reason}
-        request: dict[str, Any] = {
-            "QueueUrl": self._dlq_url,
-            "MessageBody": body,
-            "MessageAttributes": attributes,
-        }
+        request: dict[str, Any] = {"QueueUrl": self._dlq_url}
+        request |= _dead_letter_copy(message, reason, self.capabilities.max_body_bytes)
         if self.capabilities.fifo:
             request["MessageGroupId"] = message.group_id or "dead-letter"
             request["MessageDeduplicationId"] = message.id
@@ -325,9 +315,7 @@ def _entry(
     (body, encoding), attributes = _encode_body(message.body), dict(message.attributes)
     if encoding is not None:
         attributes[ENCODING_ATTRIBUTE] = encoding
-    size = len(body.encode()) + sum(
-        len(k.encode()) + len(v.encode()) for k, v in attributes.items()
-    )
+    size = len(body.encode()) + attributes_bytes(attributes, message.attribute_types)
     if size > caps.max_body_bytes:
         return (
             MessageTooLargeError(
@@ -346,9 +334,35 @@ def _entry(
         entry["MessageGroupId"] = message.group_id
     if message.dedup_id is not None:
         entry["MessageDeduplicationId"] = message.dedup_id
+    elif caps.fifo and encoding is not None:
+        # Content-based deduplication hashes the body SQS sees: the "-" of an
+        # empty body and the base64 of b"-" would be one message, and one of
+        # them lost. The hash of the bytes as sent is what the user deduplicates.
+        entry["MessageDeduplicationId"] = hashlib.sha256(message.body).hexdigest()
     if message.delay_seconds is not None:
         entry["DelaySeconds"] = math.ceil(message.delay_seconds)
     return entry, size
+
+
+def _dead_letter_copy(message: ReceivedMessage, reason: str, max_bytes: int) -> dict[str, Any]:
+    """Body and attributes of a message's DLQ copy, as it was sent (types kept),
+    plus the reason where SQS has room for it (10 attributes, the size limit):
+    without room the copy goes without it (the worker logs the reason)."""
+    body, encoding = _encode_body(message.body)
+    attributes, types = dict(message.attributes), message.attribute_types
+    if encoding is not None:
+        attributes[ENCODING_ATTRIBUTE] = encoding
+    reason = _NOT_SQS_TEXT.sub("?", reason[:1000])
+    if reason and len(attributes) < SQS_MAX_ATTRIBUTES:
+        with_reason = attributes | {REASON_ATTRIBUTE: reason}
+        if len(body.encode()) + attributes_bytes(with_reason, types) <= max_bytes:
+            attributes = with_reason
+    return {
+        "MessageBody": body,
+        "MessageAttributes": {
+            name: _attribute(value, types.get(name, "String")) for name, value in attributes.items()
+        },
+    }
 
 
 def _attribute(value: str, data_type: str) -> dict[str, Any]:
@@ -378,21 +392,23 @@ def _encode_body(body: bytes) -> tuple[str, str | None]:
 def _received(message: dict[str, Any]) -> ReceivedMessage:
     system = message.get("Attributes", {})
     attributes: dict[str, str] = {}
-    encoding = None
+    types: dict[str, str] = {}
     for name, value in message.get("MessageAttributes", {}).items():
-        if name == ENCODING_ATTRIBUTE:
-            encoding = value.get("StringValue")
-            continue
+        if name == REASON_ATTRIBUTE:
+            continue  # bookkeeping of dead_letter, as the other backends keep it
         if "StringValue" in value:
             attributes[name] = value["StringValue"]
         elif "BinaryValue" in value:
             attributes[name] = base64.b64encode(value["BinaryValue"]).decode("ascii")
+        if value.get("DataType", "String") != "String" and name in attributes:
+            types[name] = value["DataType"]
     raw = message["Body"]
-    if encoding == "empty":
-        body = b""
-    elif encoding == "base64":
-        body = base64.b64decode(raw)
+    body = _decoded_body(raw, attributes.get(ENCODING_ATTRIBUTE))
+    if body is not None:
+        del attributes[ENCODING_ATTRIBUTE]
     else:
+        # Not a body msgcluster encoded (another sender set the attribute):
+        # delivered as it is, the attribute with it, never dropped or fatal.
         body = raw.encode()
     sent = system.get("SentTimestamp")
     return ReceivedMessage(
@@ -403,7 +419,20 @@ def _received(message: dict[str, Any]) -> ReceivedMessage:
         group_id=system.get("MessageGroupId"),
         sent_at=int(sent) / 1000 if sent else None,
         receipt=message["ReceiptHandle"],
+        attribute_types=types,
     )
+
+
+def _decoded_body(raw: str, encoding: str | None) -> bytes | None:
+    """The bytes of a body ``_encode_body`` encoded; None if it was not one."""
+    if encoding == "empty" and raw == _EMPTY_PLACEHOLDER:
+        return b""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(raw, validate=True)
+        except ValueError:
+            return None
+    return None
 
 
 def _entry_error(failed: dict[str, Any], url: str, *, receipts: bool = True) -> MsgclusterError:
