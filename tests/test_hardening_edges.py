@@ -134,6 +134,49 @@ async def test_a_pointer_to_an_impossible_bucket_fails_alone(mc: msgcluster.Clie
     assert result == {"batchItemFailures": [{"itemIdentifier": "ptr"}]}
 
 
+POINTER_SHAPED = (
+    '["software.amazon.payloadoffloading.PayloadS3Pointer", '
+    '{"s3BucketName": "uploads", "s3Key": "img/cat.png"}]'
+)
+
+
+async def test_a_pointer_shaped_body_without_the_size_attribute_is_a_body(
+    local_aws: LocalAWS, names: dict[str, str], mc: msgcluster.Client, queue_url: str
+) -> None:
+    """The pointer's exact shape on a message that has attributes known and no
+    size attribute (a Lambda record always lists its attributes; a queue
+    message too) is another service's body, given to the handler as it is."""
+    record = lambda_record("shaped", POINTER_SHAPED)
+    assert mc.read_sqs_record(record, body_type=str).offloaded is False
+    seen: list[str] = []
+    result = await mc.safe_process_batch(
+        {"Records": [record]}, lambda r: seen.append(r.body), body_type=str
+    )
+    assert result == {"batchItemFailures": []}
+
+    def app_on(client: msgcluster.Client) -> msgcluster.App:
+        app = msgcluster.App(client=client)
+
+        @app.handler(str)
+        async def handle(body: str) -> None:
+            seen.append(body)
+
+        return app
+
+    handler = lambda_handler(app_on(client_for(local_aws, names)))
+    try:
+        answer = await anyio.to_thread.run_sync(handler, {"Records": [record]}, None)
+    finally:
+        await anyio.to_thread.run_sync(handler.close)
+    assert answer == {"batchItemFailures": []}
+    await mc.sqs.send_message(QueueUrl=queue_url, MessageBody=POINTER_SHAPED)
+    await msgcluster.Worker(app_on(mc), queue_url, burst=True, wait_seconds=1).run()
+    assert seen == [POINTER_SHAPED] * 3
+    # A ReceiveMessage that did not ask for attributes cannot tell: the shape decides.
+    receive_shaped = {"MessageId": "m", "ReceiptHandle": "r", "Body": POINTER_SHAPED}
+    assert mc.read_sqs_record(receive_shaped).offloaded is True
+
+
 def test_an_error_naming_a_surrogate_id_prints() -> None:
     error = msgcluster.BodyDecodeError("message \ud800: body is not JSON", message_id="\ud800")
     assert "\\ud800" in str(error)

@@ -180,7 +180,7 @@ def _body_bytes(body: object) -> bytes:
 
 def _is_pointer(body: bytes) -> bool:
     try:
-        return parse_pointer(body.decode(), {}) is not None
+        return parse_pointer(body.decode(), {}, attributes_known=False) is not None
     except UnicodeDecodeError:
         return False
 

@@ -78,18 +78,21 @@ def _size_attribute(attributes: Mapping[str, Any]) -> int | None:
     return None
 
 
-def parse_pointer(body: str, attributes: Mapping[str, Any]) -> S3Pointer | None:
+def parse_pointer(
+    body: str, attributes: Mapping[str, Any], *, attributes_known: bool = True
+) -> S3Pointer | None:
     """The S3 location if ``body`` is an Extended Client pointer, else None.
 
     The body must have the exact shape (a pointer class, then an object with
     only ``s3BucketName`` and ``s3Key``), and the message must carry the size
-    attribute, unless it carries no attributes at all (a ReceiveMessage that
-    did not ask for them).
+    attribute. ``attributes_known=False`` (a ReceiveMessage that did not ask
+    for attributes, or a shape-only check) takes the shape alone when there
+    are none.
     """
     if not body.startswith("["):
         return None
     size = _size_attribute(attributes)
-    if size is None and attributes:
+    if size is None and (attributes or attributes_known):
         return None
     try:
         cls, location = _pointer_decoder.decode(body)

@@ -265,7 +265,13 @@ def classify(message: SqsMessage) -> Incoming:
     """What ``message`` is; never raises for a body (poison is in ``.error``)."""
     if message.binary is not None:
         return Incoming(message, MessageKind.PLAIN)
-    pointer = parse_pointer(message.body, message.message_attributes)
+    # A record mapping without its attributes key is a ReceiveMessage that did
+    # not ask for them: only there may a pointer go without its size attribute.
+    record = message.record
+    unknown = isinstance(record, Mapping) and (
+        _field(record, "messageAttributes", "MessageAttributes") is None
+    )
+    pointer = parse_pointer(message.body, message.message_attributes, attributes_known=not unknown)
     if pointer is not None:
         key = payload_record_key(pointer)
         return Incoming(
