@@ -806,6 +806,10 @@ async def test_closed_queue_refuses_everything(h: Harness) -> None:
         lambda: h.queue.ack([message]),
         lambda: h.queue.nack(message),
         lambda: h.queue.extend(message, 5),
+        # With nothing to do too: a call after close is a bug, reported.
+        lambda: h.queue.send([]),
+        lambda: h.queue.ack([]),
+        lambda: h.queue.change_visibility([]),
     ]
     for call in calls:
         with pytest.raises(msgcluster.QueueClosedError):

@@ -80,6 +80,7 @@ class PortableQueue:
         self.payloads = payloads
         self._limiter = anyio.CapacityLimiter(max(1, concurrency))
         self._backoff = backoff or Backoff()
+        self._closed = False
 
     # ------------------------------------------------------------ properties
 
@@ -124,6 +125,7 @@ class PortableQueue:
             messages, Iterable | AsyncIterable
         ):
             raise ValidationError("send takes an iterable of messages: wrap a single one in a list")
+        self._check_open()
         caps = self.capabilities
         results: list[SendResult] = []
         async for window in iter_chunks(messages, _WINDOW):
@@ -261,6 +263,7 @@ class PortableQueue:
         """Delete delivered messages, any number; one result per input, in order.
         A message given twice (same receipt) is deleted once; both get its result."""
         items = _listed(messages, "ack takes an iterable of received messages")
+        self._check_open()
         return await self._settle(
             items, lambda message: message, lambda part: self.driver.ack(part)
         )
@@ -271,6 +274,7 @@ class PortableQueue:
         """Make each message visible again after its number of seconds (0: now),
         any number of them; one result per input, in order."""
         items = _listed(changes, "change_visibility takes (message, seconds) pairs")
+        self._check_open()
         for item in items:
             if not (
                 isinstance(item, tuple)
@@ -398,7 +402,13 @@ class PortableQueue:
     # ------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.driver.aclose()
+
+    def _check_open(self) -> None:
+        # Even for nothing to do: a call after close is a bug to report.
+        if self._closed:
+            raise QueueClosedError(f"{self.uri} is closed")
 
     async def __aenter__(self) -> Self:
         return self
